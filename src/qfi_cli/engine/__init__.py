@@ -1,0 +1,1 @@
+"""The engine: train, inject-eval and sweep aggregation on plain dicts (never imports hydra or typer)."""

@@ -1,0 +1,55 @@
+"""Turn a float model into a quantized one: every Conv2d / Linear becomes QuanConv2d / QuanLinear."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qfi_cli.quant.layers import QuanConv2d, QuanLinear, quantized_layers
+from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
+
+
+def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abits: int = 8,
+                   per_channel: bool = False, first_last_bits: int | None = 8) -> nn.Module:
+    """Replace every Conv2d and Linear of ``model`` (in place) by its quantized twin; returns the model.
+
+    The first and last of those layers use ``max(bits, first_last_bits)`` (at least 8 bits by default, the
+    usual policy); ``first_last_bits=None`` gives them the same bit widths as the others.
+
+    >>> m = quantize_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2)), wbits=4)
+    >>> [layer.wbits for _, layer in quantized_layers(m)]
+    [8, 4, 8]
+    """
+    wbits, abits = check_bits(wbits, "weight bit width"), check_bits(abits, "activation bit width")
+    kind = QUANTIZERS.get(quantizer)
+    names = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    for i, name in enumerate(names):
+        edge = first_last_bits is not None and i in (0, len(names) - 1)
+        wb = max(wbits, first_last_bits) if edge else wbits
+        ab = max(abits, first_last_bits) if edge else abits
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        old = getattr(owner, child)
+        new_cls = QuanConv2d if isinstance(old, nn.Conv2d) else QuanLinear
+        new = new_cls.from_float(old, kind(per_channel=per_channel), kind(per_channel=False), wb, ab)
+        with torch.no_grad():
+            new.quan_w_fn(new.weight, wb)  # data-free weight init (LSQ's step size)
+        setattr(owner, child, new)
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, x: torch.Tensor) -> None:
+    """Run one forward in eval mode so that data-dependent quantizers (LSQ on activations) initialise.
+
+    Call it before building the optimizer: LSQ creates its step-size parameter at initialisation.
+    """
+    was_training = model.training
+    model.eval()
+    model(x)
+    model.train(was_training)
+
+
+def weight_bits_total(model: nn.Module) -> int:
+    """Number of stored weight bits exposed to faults: sum of numel * wbits over quantized layers below 32 bits."""
+    return sum(m.weight.numel() * m.wbits for _, m in quantized_layers(model) if m.wbits < 32)

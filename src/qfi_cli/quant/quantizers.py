@@ -1,0 +1,164 @@
+"""Quantizers: LSQ (learned step size) and symmetric min-max, per-tensor or per-channel.
+
+A quantizer is called as ``q(x, bits, is_activation=False)`` and returns the fake-quantized tensor
+``codes * scale`` with straight-through gradients. After each call it keeps ``last_scale`` (broadcastable
+to ``x``) and ``last_signed``, so that the integer codes of what it quantized are ``round(x_q / last_scale)``:
+signed codes live in k-bit two's complement ``[-2**(k-1), 2**(k-1) - 1]``, unsigned ones in ``[0, 2**k - 1]``.
+``bits >= 32`` is a float pass-through.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from qfi_cli.errors import QfiError
+from qfi_cli.registry import Registry
+
+QUANTIZERS: Registry[type["Quantizer"]] = Registry("quantizer")
+VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+
+
+def check_bits(bits: int, what: str = "bit width") -> int:
+    """Return ``bits`` if it is 2..8 or 32, else raise a one-line QfiError.
+
+    >>> check_bits(4)
+    4
+    """
+    if int(bits) != bits or int(bits) not in VALID_BITS:
+        raise QfiError(f"{what} must be 2..8 or 32 (float pass-through), got {bits}")
+    return int(bits)
+
+
+def code_range(bits: int, signed: bool) -> tuple[int, int]:
+    """Smallest and largest integer code of a k-bit quantizer.
+
+    >>> code_range(8, True), code_range(4, False)
+    ((-128, 127), (0, 15))
+    """
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity in the backward pass."""
+    return (x.round() - x).detach() + x
+
+
+def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by ``scale`` (LSQ's step-size gradient scaling)."""
+    return (x - x * scale).detach() + x * scale
+
+
+class Quantizer(nn.Module):
+    """Base class: remembers the scale and signedness of its last call."""
+
+    def __init__(self, per_channel: bool = False) -> None:
+        super().__init__()
+        self.per_channel = per_channel
+        self.last_scale: torch.Tensor | None = None
+        self.last_signed = True
+
+    def _reduce_shape(self, x: torch.Tensor, is_activation: bool) -> tuple[int, ...]:
+        """Shape of a scale: one per output channel (dim 0) for per-channel weights, else a scalar."""
+        if self.per_channel and not is_activation and x.dim() > 1:
+            return (x.shape[0],) + (1,) * (x.dim() - 1)
+        return (1,) * x.dim()
+
+    def codes(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer codes (int64) and scale of ``x``: ``codes * scale`` is what ``forward`` returns.
+
+        >>> q = MinMaxQuantizer()
+        >>> codes, scale = q.codes(torch.tensor([-1.0, 0.5, 1.0]), 8)
+        >>> codes.tolist()
+        [-127, 64, 127]
+        """
+        with torch.no_grad():
+            x_q = self(x, bits, is_activation=is_activation)
+            return torch.round(x_q / self.last_scale).long(), self.last_scale
+
+
+@QUANTIZERS.register("lsq")
+class LSQQuantizer(Quantizer):
+    """Learned step size quantization (Esser et al., 2019), with the paper's gradient scaling.
+
+    The step size is initialised on the first call to ``2 * mean(|x|) / sqrt(Qp)``; activations that are
+    non-negative at that call use unsigned codes.
+
+    >>> q = LSQQuantizer()
+    >>> w = torch.randn(16, 8)
+    >>> w_q = q(w, 4)
+    >>> codes = torch.round(w_q / q.last_scale)
+    >>> bool(codes.min() >= -8 and codes.max() <= 7)
+    True
+    """
+
+    def __init__(self, per_channel: bool = False) -> None:
+        super().__init__(per_channel)
+        self.step = nn.Parameter(torch.ones(0))
+        self.register_buffer("signed", torch.tensor(True))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch signature
+        key = prefix + "step"
+        if key in state_dict and state_dict[key].shape != self.step.shape:
+            self.step = nn.Parameter(torch.empty_like(state_dict[key]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor, bits: int, is_activation: bool) -> None:
+        signed = bool(x.min() < 0) if is_activation else True
+        _, qp = code_range(bits, signed)
+        shape = self._reduce_shape(x, is_activation)
+        if len(shape) and shape[0] > 1:
+            mean_abs = x.abs().flatten(1).mean(1).view(shape)
+        else:
+            mean_abs = x.abs().mean().view(shape)
+        step = (2 * mean_abs / math.sqrt(qp)).clamp_min(1e-8)
+        self.step = nn.Parameter(step.to(x.dtype))
+        self.signed.fill_(signed)
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> torch.Tensor:
+        if bits >= 32:
+            return x
+        if not bool(self.initialized):
+            self._initialize(x, bits, is_activation)
+        signed = bool(self.signed)
+        qn, qp = code_range(bits, signed)
+        per_scale = x.numel() / self.step.numel()
+        step = grad_scale(self.step, 1.0 / math.sqrt(per_scale * qp))
+        x_q = round_ste(torch.clamp(x / step, qn, qp)) * step
+        self.last_scale, self.last_signed = self.step.detach(), signed
+        return x_q
+
+
+@QUANTIZERS.register("minmax")
+class MinMaxQuantizer(Quantizer):
+    """Symmetric min-max quantization: ``scale = max|x| / (2**(k-1) - 1)``, codes in the restricted range.
+
+    Non-negative activations use unsigned codes ``[0, 2**k - 1]``.
+
+    >>> q = MinMaxQuantizer(per_channel=True)
+    >>> w = torch.tensor([[1.0, -0.5], [0.25, 0.125]])
+    >>> (q(w, 8) - w).abs().max().item() < 1e-2
+    True
+    """
+
+    def forward(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> torch.Tensor:
+        if bits >= 32:
+            return x
+        with torch.no_grad():
+            signed = bool(x.min() < 0) if is_activation else True
+            _, qp = code_range(bits, signed)
+            shape = self._reduce_shape(x, is_activation)
+            if len(shape) and shape[0] > 1:
+                max_abs = x.abs().flatten(1).amax(1).view(shape)
+            else:
+                max_abs = x.abs().amax().view(shape)
+            scale = (max_abs / qp).clamp_min(1e-12)
+        qn = -qp if signed else 0
+        x_q = round_ste(torch.clamp(x / scale, qn, qp)) * scale
+        self.last_scale, self.last_signed = scale, signed
+        return x_q
