@@ -1,0 +1,67 @@
+"""The qfi command line, driven through Typer's CliRunner on tiny configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from qfi_cli.cli import app
+
+runner = CliRunner()
+TINY_TRAIN = ["train.epochs=2", "train.limit=256", "model.width=4"]
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    return result
+
+
+def test_help_lists_every_subcommand_and_option():
+    out = invoke("--help").output
+    for name in ("train", "inject-eval", "sweep", "report"):
+        assert name in out
+    train_help = invoke("train", "--help").output
+    for opt in ("--model", "--dataset", "--wbits", "--abits", "--rho", "--epochs", "--seed", "--out"):
+        assert opt in train_help
+
+
+def test_cfg_job_prints_the_composed_config(in_tmp):
+    result = invoke("train", "--wbits", "4", "--cfg", "job")
+    assert result.exit_code == 0, result.output
+    assert "wbits: 4" in result.output and "name: digits_cnn" in result.output
+    assert not (in_tmp / "outputs").exists() or not list((in_tmp / "outputs").rglob("model.pt"))
+
+
+def test_train_writes_checkpoint_metrics_and_latest(in_tmp):
+    out = in_tmp / "run"
+    result = invoke("train", "--wbits", "4", "--rho", "0.05", "--seed", "3", "--out", str(out), *TINY_TRAIN)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "train_loss", "epochs", "seconds"):
+        assert key in metrics
+    assert metrics["epochs"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["config"]["quant"]["wbits"] == 4 and ckpt["config"]["sam"]["rho"] == 0.05
+    assert ckpt["config"]["seed"] == 3 and "state_dict" in ckpt
+    assert (out / ".hydra" / "config.yaml").is_file()
+    latest = (in_tmp / "outputs" / "latest_checkpoint.txt").read_text().strip()
+    assert Path(latest) == (out / "model.pt").resolve()
+    assert "test_accuracy" in result.output
+
+
+def test_training_is_deterministic_on_cpu(in_tmp):
+    for name in ("a", "b"):
+        assert invoke("train", "--out", str(in_tmp / name), "device=cpu", *TINY_TRAIN).exit_code == 0
+    a = torch.load(in_tmp / "a" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(in_tmp / "b" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_user_mistake_is_one_line_without_traceback(in_tmp):
+    result = invoke("train", "--wbits", "9", "--out", str(in_tmp / "bad"))
+    assert result.exit_code != 0
+    assert "2..8 or 32" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2

@@ -1,0 +1,125 @@
+"""Quantizers, quantized layers and model conversion."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from qfi_cli.errors import QfiError
+from qfi_cli.quant import (LSQQuantizer, MinMaxQuantizer, QuanConv2d, QuanLinear, check_bits, code_range,
+                           frozen_weights, quantize_model, quantized_layers)
+from tests.conftest import tiny_cnn
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("kind", [LSQQuantizer, MinMaxQuantizer])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_codes_are_k_bit_integers_and_dequantize_exactly(bits, kind, per_channel):
+    torch.manual_seed(bits)
+    w = torch.randn(6, 3, 3, 3, dtype=torch.float64)
+    q = kind(per_channel=per_channel)
+    w_q = q(w, bits)
+    codes, scale = q.codes(w, bits)
+    lo, hi = code_range(bits, signed=True)
+    assert codes.dtype == torch.int64 and codes.min() >= lo and codes.max() <= hi
+    assert scale.shape == ((6, 1, 1, 1) if per_channel else (1, 1, 1, 1))
+    torch.testing.assert_close(w_q, codes.double() * scale, rtol=0, atol=0)
+    # quantization error is at most half a step inside the clipping range
+    inside = (w / scale).abs() <= hi
+    assert ((w_q - w).abs() <= scale / 2 + 1e-12)[inside].all()
+
+
+def test_minmax_maps_max_magnitude_to_top_code():
+    w = torch.tensor([[0.5, -2.0, 1.0], [0.1, 0.2, -0.05]], dtype=torch.float64)
+    codes, _ = MinMaxQuantizer(per_channel=True).codes(w, 4)
+    assert codes[0].tolist() == [2, -7, 4] and codes[1].abs().max() == 7
+
+
+def test_unsigned_activations():
+    x = torch.rand(4, 10, dtype=torch.float64)
+    for q in (LSQQuantizer(), MinMaxQuantizer()):
+        q(x, 4, is_activation=True)
+        assert q.last_signed is False
+        codes = torch.round(q(x, 4, is_activation=True) / q.last_scale)
+        assert codes.min() >= 0 and codes.max() <= 15
+
+
+def test_lsq_step_gradient_matches_paper():
+    """d x_q / d s = round(x/s) - x/s inside the range, Qn or Qp outside, scaled by g = 1/sqrt(N * Qp)."""
+    torch.manual_seed(0)
+    x = torch.randn(50, dtype=torch.float64) * 2
+    q = LSQQuantizer()
+    q(x, 3)
+    s = q.step.detach().clone()
+    q.step.grad = None
+    q(x, 3).sum().backward()
+    v = x / s
+    qn, qp = code_range(3, True)
+    local = torch.where(v <= qn, torch.full_like(v, qn), torch.where(v >= qp, torch.full_like(v, qp), v.round() - v))
+    expected = local.sum() / math.sqrt(x.numel() * qp)
+    torch.testing.assert_close(q.step.grad.reshape(()), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_32_bits_is_pass_through():
+    x = torch.randn(5, 5)
+    for q in (LSQQuantizer(), MinMaxQuantizer()):
+        assert q(x, 32) is x
+
+
+@pytest.mark.parametrize("bits", [1, 9, 16, 0, 2.5])
+def test_invalid_bit_widths_are_user_errors(bits):
+    with pytest.raises(QfiError, match="2..8 or 32"):
+        check_bits(bits)
+
+
+def test_layers_keep_conv_and_linear_semantics_at_32_bits():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, bias=True).double()
+    qconv = QuanConv2d.from_float(conv, LSQQuantizer(), LSQQuantizer(), 32, 32)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    assert torch.equal(qconv(x), conv(x))
+    assert (qconv.stride, qconv.padding, qconv.dilation, qconv.groups) == ((2, 2), (2, 2), (2, 2), 2)
+    fc = nn.Linear(7, 3).double()
+    qfc = QuanLinear.from_float(fc, MinMaxQuantizer(), MinMaxQuantizer(), 32, 32)
+    x = torch.randn(4, 7, dtype=torch.float64)
+    assert torch.equal(qfc(x), fc(x))
+
+
+def test_converter_first_last_policy_and_types():
+    model = quantize_model(tiny_cnn(), wbits=4, abits=4)
+    layers = quantized_layers(model)
+    assert [type(m) for _, m in layers] == [QuanConv2d, QuanConv2d, QuanLinear]
+    assert [(m.wbits, m.abits) for _, m in layers] == [(8, 8), (4, 4), (8, 8)]
+    same = quantize_model(tiny_cnn(), wbits=4, abits=4, first_last_bits=None)
+    assert [m.wbits for _, m in quantized_layers(same)] == [4, 4, 4]
+    with pytest.raises(QfiError, match="unknown quantizer"):
+        quantize_model(tiny_cnn(), "nope")
+
+
+def test_frozen_weights_give_identical_outputs_and_are_released():
+    model = quantize_model(tiny_cnn(), wbits=4, abits=8).eval()
+    x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
+    model(x)  # initialise activation step sizes
+    live = model(x)
+    with frozen_weights(model):
+        assert torch.equal(model(x), live)
+        calls = []
+        layer = quantized_layers(model)[1][1]
+        layer.__dict__["quan_w_fn"] = lambda *a, **k: calls.append(1)
+        model(x)
+        del layer.__dict__["quan_w_fn"]
+        assert calls == [], "frozen weights must not be re-quantized per batch"
+    assert all(m.frozen_weight is None for _, m in quantized_layers(model))
+
+
+def test_state_dict_round_trip_reproduces_outputs():
+    model = quantize_model(tiny_cnn(), wbits=4, abits=4, per_channel=True).eval()
+    x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
+    out = model(x)
+    fresh = quantize_model(tiny_cnn(seed=5), wbits=4, abits=4, per_channel=True).eval()
+    fresh.load_state_dict(copy.deepcopy(model.state_dict()))
+    assert torch.equal(fresh(x), out)
