@@ -33,3 +33,19 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("QFI_OUTPUTS", raising=False)
     return tmp_path
+
+
+TINY_CFG_OVERRIDES = ["train.epochs=3", "model.width=8", "device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """A digits_cnn trained for a few epochs through the engine; returns (checkpoint path, config dict)."""
+    from qfi_cli.engine.train import train
+    from tests.helpers import compose
+
+    cfg = compose(TINY_CFG_OVERRIDES)
+    out = tmp_path_factory.mktemp("trained")
+    metrics = train(cfg, out)
+    assert metrics["test_accuracy"] > 0.8, "the fixture model should have learnt digits"
+    return out / "model.pt", cfg

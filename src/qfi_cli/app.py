@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from qfi_cli.engine.evaluate import RESULTS, inject_eval
 from qfi_cli.engine.train import MODEL, train
 from qfi_cli.errors import QfiError
+from qfi_cli.faults import FaultConfig
 from qfi_cli.io import latest_checkpoint, read_json, record_latest, write_json
 from qfi_cli.paths import conf_dir
 from qfi_cli.progress import Reporter
@@ -51,9 +52,11 @@ LAST: dict[str, Any] = {"result": None, "error": None}
 def _point(cfg: DictConfig) -> dict[str, Any]:
     """The swept values of this job, read back from the composed config (never from the override text)."""
     point = {}
-    for item in HydraConfig.get().overrides.task:
+    hc = HydraConfig.get()
+    excluded = set(hc.job.config.override_dirname.exclude_keys)
+    for item in hc.overrides.task:
         key = item.split("=", 1)[0].lstrip("+~")
-        if key in ("command", "checkpoint", "sweep_train", "sweep") or key.startswith(("hydra", "paths")):
+        if key in excluded or key.startswith(("hydra", "paths")):
             continue
         value = OmegaConf.select(cfg, key, default=None)
         point[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
@@ -62,13 +65,17 @@ def _point(cfg: DictConfig) -> dict[str, Any]:
     return point
 
 
-def _finished(out_dir: Path, point: dict[str, Any]) -> dict[str, Any] | None:
-    path = out_dir / RESULTS
+def _finished(out_dir: Path, cfg: dict[str, Any], point: dict[str, Any]) -> dict[str, Any] | None:
+    """The point's earlier results when they are complete and were made with the same settings."""
     try:
-        done = read_json(path)
+        done = read_json(out_dir / RESULTS)
     except (OSError, ValueError):
         return None
-    return done if done.get("status") == "ok" and done.get("point") == point else None
+    fault = FaultConfig.from_dict(cfg["fault"]).as_dict()
+    same = (done.get("status") == "ok" and done.get("point") == point and done.get("fault") == fault
+            and done.get("trials") == cfg["eval"]["trials"] and done.get("seed") == cfg["seed"]
+            and len(done.get("accuracies", ())) == done.get("trials"))
+    return done if same else None
 
 
 def _sweep_model(cfg: dict[str, Any], sweep_dir: Path, reporter: Reporter) -> Path:
@@ -105,7 +112,7 @@ def task(cfg: DictConfig) -> Any:
             result = train(plain, out_dir, reporter, resume=bool(cfg.resume))
             record_latest(cfg.paths.root, out_dir / MODEL)
         elif cfg.command == "inject_eval":
-            if multirun and (done := _finished(out_dir, point)) is not None:
+            if multirun and (done := _finished(out_dir, plain, point)) is not None:
                 reporter.log(f"skip {out_dir.name}: finished before")
                 LAST["result"] = done
                 return done

@@ -163,7 +163,23 @@ def sweep(
     _opt(ov, "hydra.sweep.dir", out)
     if train_models:
         ov.append("sweep_train=true")
-    _run(ov + list(overrides or []))
+    ov += list(overrides or [])
+    _run(ov + [_exclude_fixed(ov)])
+
+
+def _exclude_fixed(overrides: list[str]) -> str:
+    """Hydra override that keeps single-valued settings out of the sweep points' directory names."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("--")])
+    except HydraException as e:
+        _fail(f"malformed override: {str(e).strip().splitlines()[0]}")
+    fixed = {o.get_key_element().lstrip("+~") for o in parsed
+             if not o.is_sweep_override() and not o.get_key_element().lstrip("+~").startswith("hydra")}
+    keys = sorted(fixed | {"command", "checkpoint", "sweep_train", "device", "paths.root", "sweep"})
+    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"
 
 
 @app.command(rich_help_panel="Results")

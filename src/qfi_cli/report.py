@@ -22,6 +22,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Iterable
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -239,6 +240,12 @@ def plot_ber_curve(rows: list[dict[str, Any]], path: str | Path) -> Path:
     Failed points are skipped; a BER of 0 cannot sit on a log axis, so it is left out of the curve (its
     accuracy is the clean one, drawn dashed).
     """
+    fig = ber_figure(rows)
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=150))
+
+
+def ber_figure(rows: list[dict[str, Any]]) -> Any:
+    """The matplotlib Figure (Agg canvas, no pyplot state) that ``plot_ber_curve`` saves."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -259,8 +266,9 @@ def plot_ber_curve(rows: list[dict[str, Any]], path: str | Path) -> Path:
             x = [r["ber"] for r in pts]
             y = [100 * _nan(r.get("accuracy_mean")) for r in pts]
             ax.plot(x, y, color=color, marker=marker, markersize=5, linewidth=1.8)
-            lo = [100 * _nan(r.get("ci95_low")) for r in pts]
-            hi = [100 * _nan(r.get("ci95_high")) for r in pts]
+            # accuracy lies in [0, 100] %: clip the band there (NaN, a missing CI, stays NaN)
+            lo = [min(max(100 * _nan(r.get("ci95_low")), 0.0), 100.0) for r in pts]
+            hi = [min(max(100 * _nan(r.get("ci95_high")), 0.0), 100.0) for r in pts]
             if any(not math.isnan(v) for v in lo + hi):
                 ax.fill_between(x, lo, hi, color=color, alpha=0.18, linewidth=0)
             drawn = True
@@ -290,7 +298,7 @@ def plot_ber_curve(rows: list[dict[str, Any]], path: str | Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no successful points to plot", transform=ax.transAxes, ha="center", va="center",
                 fontsize=12, color="0.4")
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=150))
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------- paired
@@ -355,26 +363,35 @@ def render_table(rows: list[dict[str, Any]], console: Console | None = None) -> 
     """Print the summary as a Rich table (BER in scientific notation, accuracies in % with their 95% CI)."""
     console = console or Console()
     keys = swept_keys(rows)
-    table = Table(title="Accuracy under random bit errors", title_style="bold", header_style="bold")
+    trials = {row.get("trials") for row in rows if row.get("status") == "ok"}
+    same = len(trials) == 1 and None not in trials  # one trial count: say it once, in the title
+    title = "Accuracy under random bit errors" + (f" ({next(iter(trials))} trials per point)" if same else "")
+    table = Table(title=title, title_style="bold", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     for k in keys or ["config"]:
-        table.add_column(k)
-    table.add_column("BER", justify="right")
-    table.add_column("trials", justify="right")
-    table.add_column("clean %", justify="right")
-    table.add_column("accuracy % [95% CI]", justify="right")
-    table.add_column("rerr %", justify="right")
-    table.add_column("status")
+        table.add_column(k, no_wrap=True, min_width=min(len(k), 24), max_width=40)
+    table.add_column("BER", justify="right", no_wrap=True)
+    if not same:
+        table.add_column("trials", justify="right", no_wrap=True)
+    table.add_column("clean %", justify="right", no_wrap=True)
+    table.add_column("accuracy % [95% CI]", justify="right", no_wrap=True)
+    table.add_column("rerr %", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     for row in rows:
         config = [("" if row.get(k) is None else str(row[k])) for k in keys] if keys else [config_label(row)]
         ok = row.get("status") == "ok"
         acc = _pct(row.get("accuracy_mean"))
         if ok and _float(row.get("ci95_low")) is not None and _float(row.get("ci95_high")) is not None:
             acc += f" [{_pct(row['ci95_low'])}, {_pct(row['ci95_high'])}]"
-        status = "ok" if ok else f"[red]{row.get('status')}[/red]: {row.get('error') or ''}"
-        table.add_row(*config, _ber(row.get("ber")), "" if row.get("trials") is None else str(row["trials"]),
-                      _pct(row.get("clean_accuracy")), acc if ok else "-", _pct(row.get("rerr_mean")) if ok else "-",
-                      status)
+        status = "ok" if ok else f"[red]{row.get('status')}[/red]"
+        n = [] if same else ["" if row.get("trials") is None else str(row["trials"])]
+        table.add_row(*config, _ber(row.get("ber")), *n, _pct(row.get("clean_accuracy")), acc if ok else "-",
+                      _pct(row.get("rerr_mean")) if ok else "-", status)
     console.print(table)
+    for row in rows:
+        if row.get("status") != "ok":
+            console.print(f"[red]{row.get('status')}[/red] {row.get('dir')}: {row.get('error') or '?'}",
+                          highlight=False, soft_wrap=True)
     return table
 
 
@@ -382,10 +399,10 @@ def render_paired(diffs: list[dict[str, Any]], console: Console | None = None) -
     """Print paired differences as a Rich table, in percentage points; green/red where the CI excludes 0."""
     console = console or Console()
     table = Table(title="Paired differences a - b (same faults per trial), percentage points", title_style="bold",
-                  header_style="bold")
+                  header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for name, justify in (("a", "left"), ("b", "left"), ("BER", "right"), ("n", "right"),
                           ("mean", "right"), ("95% CI", "right")):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, no_wrap=name in ("BER", "mean", "95% CI"))
     for d in diffs:
         low, high = d.get("ci95_low"), d.get("ci95_high")
         ci = "-" if low is None or high is None else f"[{100 * low:+.2f}, {100 * high:+.2f}]"

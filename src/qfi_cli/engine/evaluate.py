@@ -25,6 +25,8 @@ RESULTS = "results.json"
 def mean_ci95(values: list[float]) -> tuple[float, float, list[float] | None]:
     """Mean, sample standard deviation and Student-t 95% confidence interval of the mean (None below 2 values).
 
+    The interval is clipped to [0, 1], the range of an accuracy.
+
     >>> mean_ci95([0.5, 0.7])[0]
     0.6
     """
@@ -35,7 +37,12 @@ def mean_ci95(values: list[float]) -> tuple[float, float, list[float] | None]:
         return mean, 0.0, None
     std = float(t.std(unbiased=True))
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    return mean, std, [mean - half, mean + half]
+    return mean, std, [max(mean - half, 0.0), min(mean + half, 1.0)]
+
+
+def _fraction(mask: torch.Tensor) -> float:
+    """Exact fraction of True entries (a count over a count, not a float32 mean)."""
+    return int(mask.sum()) / mask.numel()
 
 
 @lru_cache(maxsize=4)
@@ -93,8 +100,8 @@ def inject_eval(cfg: dict[str, Any], out_dir: str | Path | None, checkpoint: str
                         correct, bad = predict_correct(model, data, batch_size, limit)
                 else:
                     correct, bad = predict_correct(model, data, batch_size, limit)
-                accuracies.append(float(correct.float().mean()))
-                rerrs.append(float((~correct | ~clean_correct).float().mean()))
+                accuracies.append(_fraction(correct))
+                rerrs.append(_fraction(~correct | ~clean_correct))
                 flips.append(injector.flips_total())
                 nan_trials += int(bad > 0)
                 nonfinite += bad
@@ -104,7 +111,7 @@ def inject_eval(cfg: dict[str, Any], out_dir: str | Path | None, checkpoint: str
     mean, std, ci = mean_ci95(accuracies)
     results = {
         "ber": fault.ber, "trials": trials, "seed": seed,
-        "clean_accuracy": float(clean_correct.float().mean()),
+        "clean_accuracy": _fraction(clean_correct),
         "accuracy_mean": mean, "accuracy_std": std, "accuracy_ci95": ci,
         "rerr_mean": sum(rerrs) / len(rerrs),
         "accuracies": accuracies, "flips": flips, "bits_total": bits_total,

@@ -107,7 +107,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, reporter: Reporter | None = 
             if not math.isfinite(train_loss):
                 raise QfiError(f"training diverged at epoch {epoch + 1} (loss {train_loss}): lower train.lr or rho")
             model.eval()
-            test_acc = float(predict_correct(model, data, int(cfg["eval"]["batch_size"]))[0].float().mean())
+            correct_test = predict_correct(model, data, int(cfg["eval"]["batch_size"]))[0]
+            test_acc = int(correct_test.sum()) / correct_test.numel()
             history.append({"epoch": epoch + 1, "train_loss": train_loss,
                             "train_accuracy": float(correct) / seen, "test_accuracy": test_acc})
             advance(0, f"epoch {epoch + 1}/{epochs} loss {train_loss:.4f} test acc {test_acc:.4f}")

@@ -82,7 +82,7 @@ class SAM:
         for _, w in tracked:
             scaled.append(w.grad * (w.detach().abs() + self.eta) if self.adaptive else w.grad)
         norm = torch.norm(torch.stack([s.norm(2) for s in scaled]), 2) if scaled else torch.tensor(0.0)
-        factor = self.rho / (norm + 1e-12)
+        factor = self.rho / norm if norm > 0 else 0.0  # a zero gradient leaves nothing to ascend
         for (m, w), s in zip(tracked, scaled):
             m.epsilon = (s * (w.detach().abs() + self.eta) if self.adaptive else s) * factor
 

@@ -1,0 +1,198 @@
+"""Exact bit semantics of k-bit integer weight codes (torch int64 tensors).
+
+A k-bit code is stored as a k-bit pattern: unsigned codes as themselves, signed codes in two's complement.
+Bit errors act on that pattern, so flipping the top bit of a signed 8-bit 3 gives -125, not 131.
+
+"Exposed bits" are the bits a fault may hit: every bit of every code by default, or only the bits listed in
+``bit_positions`` (e.g. ``[k - 1]`` for MSB-only faults). Exposed bit ``p`` lives in code ``p // m`` at bit
+``bit_positions[p % m]`` with ``m`` exposed bits per code, so a sorted list of exposed-bit indices maps to
+sorted code indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+FAULT_MODES = ("flip", "stuck0", "stuck1")
+
+_MAX_BITS = 62  # masks and two's-complement arithmetic stay inside int64
+
+
+def _check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"bits must be an int, got {type(bits).__name__}")
+    bits = int(bits)
+    if not 1 <= bits <= _MAX_BITS:
+        raise ValueError(f"bits must lie in [1, {_MAX_BITS}], got {bits}")
+    return bits
+
+
+def _as_int64(x: Union[torch.Tensor, np.ndarray, Sequence[int]], what: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "iu":
+            raise TypeError(f"{what} must hold integers, got numpy dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
+    elif not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x, dtype=torch.int64)
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{what} must be an integer tensor, got {x.dtype} (round float codes first)")
+    return x.to(torch.int64)
+
+
+def _check_bit_positions(bit_positions: Optional[Sequence[int]], bits: int) -> Optional[list[int]]:
+    if bit_positions is None:
+        return None
+    positions = [int(b) for b in bit_positions]
+    if not positions:
+        raise ValueError("bit_positions must name at least one bit")
+    if len(set(positions)) != len(positions):
+        raise ValueError(f"bit_positions must be distinct, got {positions}")
+    bad = [b for b in positions if not 0 <= b < bits]
+    if bad:
+        raise ValueError(f"bit_positions must lie in [0, {bits}), got {bad}")
+    return positions
+
+
+def to_unsigned(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Return the k-bit pattern of ``codes`` as int64 in ``[0, 2**bits)`` (two's complement for negatives).
+
+    >>> to_unsigned(torch.tensor([3, -1, -128, 127]), 8).tolist()
+    [3, 255, 128, 127]
+    """
+    bits = _check_bits(bits)
+    return torch.bitwise_and(_as_int64(codes, "codes"), (1 << bits) - 1)
+
+
+def from_unsigned(u: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Inverse of :func:`to_unsigned`: read k-bit patterns as signed (two's complement) or unsigned codes.
+
+    >>> from_unsigned(torch.tensor([3, 255, 128, 127]), 8, signed=True).tolist()
+    [3, -1, -128, 127]
+    >>> from_unsigned(torch.tensor([255]), 8, signed=False).tolist()
+    [255]
+    """
+    bits = _check_bits(bits)
+    u = torch.bitwise_and(_as_int64(u, "u"), (1 << bits) - 1)
+    if not signed:
+        return u
+    return torch.where(u >= (1 << (bits - 1)), u - (1 << bits), u)
+
+
+def n_exposed_bits(n_codes: int, bits: int, bit_positions: Optional[Sequence[int]] = None) -> int:
+    """Number of bits a fault may hit in ``n_codes`` k-bit codes.
+
+    >>> n_exposed_bits(10, 8), n_exposed_bits(10, 8, bit_positions=[7])
+    (80, 10)
+    """
+    bits = _check_bits(bits)
+    n_codes = int(n_codes)
+    if n_codes < 0:
+        raise ValueError(f"n_codes must be >= 0, got {n_codes}")
+    chosen = _check_bit_positions(bit_positions, bits)
+    return n_codes * (bits if chosen is None else len(chosen))
+
+
+def positions_to_masks(
+    positions: Union[torch.Tensor, np.ndarray],
+    bits_per_code: int,
+    bit_positions: Optional[Sequence[int]] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group faulty exposed-bit indices by code: return ``(code_index, mask)``, both int64, code_index sorted unique.
+
+    Without ``bit_positions``, exposed bit ``p`` is bit ``p % k`` of code ``p // k``; with it, bit
+    ``bit_positions[p % m]`` of code ``p // m`` (``m = len(bit_positions)``). Costs O(len(positions)).
+    Positions should be sorted and distinct (as the sampler returns them); other input is sorted and deduplicated.
+
+    >>> idx, mask = positions_to_masks(torch.tensor([0, 3, 9, 15]), 8)
+    >>> idx.tolist(), mask.tolist()
+    ([0, 1], [9, 130])
+    >>> idx, mask = positions_to_masks(torch.tensor([1, 4]), 8, bit_positions=[7])
+    >>> idx.tolist(), mask.tolist()
+    ([1, 4], [128, 128])
+    """
+    bits = _check_bits(bits_per_code)
+    chosen = _check_bit_positions(bit_positions, bits)
+    pos = _as_int64(positions, "positions").reshape(-1)
+    if pos.numel() > 1 and not bool((pos[1:] > pos[:-1]).all()):
+        pos = torch.unique(pos)  # sorted and distinct: a repeated position must not double-flip
+    if pos.numel() and int(pos[0]) < 0:
+        raise ValueError(f"positions must be >= 0, got {int(pos[0])}")
+    if chosen is None:
+        m = bits
+        code = torch.div(pos, m, rounding_mode="floor")
+        bit = pos - code * m
+    else:
+        m = len(chosen)
+        code = torch.div(pos, m, rounding_mode="floor")
+        bit = torch.tensor(chosen, dtype=torch.int64, device=pos.device)[pos - code * m]
+    single = torch.bitwise_left_shift(torch.ones_like(bit), bit)
+    # pos sorted -> code sorted, and the bits inside one code are distinct, so a segment sum is the OR.
+    code_index, inverse = torch.unique_consecutive(code, return_inverse=True)
+    mask = torch.zeros(code_index.numel(), dtype=torch.int64, device=pos.device)
+    mask.index_add_(0, inverse, single)
+    return code_index, mask
+
+
+def apply_mask(
+    codes: torch.Tensor,
+    mask: torch.Tensor,
+    bits: int,
+    signed: bool,
+    mode: str = "flip",
+) -> torch.Tensor:
+    """Return new codes with the bits in ``mask`` flipped (``"flip"``), cleared (``"stuck0"``) or set (``"stuck1"``).
+
+    ``mask`` broadcasts against ``codes``; the result has the codes' shape and dtype int64.
+
+    >>> apply_mask(torch.tensor([3, -1]), torch.tensor([128, 128]), 8, signed=True).tolist()
+    [-125, 127]
+    >>> apply_mask(torch.tensor([3]), torch.tensor([8]), 4, signed=True).tolist()
+    [-5]
+    >>> apply_mask(torch.tensor([5, 5]), torch.tensor([4, 2]), 4, signed=False, mode="stuck0").tolist()
+    [1, 5]
+    """
+    bits = _check_bits(bits)
+    if mode not in FAULT_MODES:
+        raise ValueError(f"mode must be one of {FAULT_MODES}, got {mode!r}")
+    mask = _as_int64(mask, "mask")
+    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= (1 << bits)):
+        raise ValueError(f"mask must lie in [0, 2**{bits}), got values in [{int(mask.min())}, {int(mask.max())}]")
+    u = to_unsigned(codes, bits)
+    if mode == "flip":
+        u = torch.bitwise_xor(u, mask)
+    elif mode == "stuck0":
+        u = torch.bitwise_and(u, torch.bitwise_not(mask))
+    else:
+        u = torch.bitwise_or(u, mask)
+    return from_unsigned(u, bits, signed)
+
+
+def apply_at(
+    codes: torch.Tensor,
+    code_index: torch.Tensor,
+    mask: torch.Tensor,
+    bits: int,
+    signed: bool,
+    mode: str = "flip",
+) -> torch.Tensor:
+    """Return a copy of ``codes`` with ``mask[i]`` applied to flat code ``code_index[i]`` (untouched codes copied).
+
+    Pairs with :func:`positions_to_masks`; costs one copy plus O(len(code_index)).
+
+    >>> apply_at(torch.tensor([[3, 0], [0, -1]]), torch.tensor([0, 3]), torch.tensor([128, 1]), 8, True).tolist()
+    [[-125, 0], [0, -2]]
+    """
+    codes = _as_int64(codes, "codes")
+    index = _as_int64(code_index, "code_index").reshape(-1).to(codes.device)
+    out = codes.clone(memory_format=torch.contiguous_format)  # flat index = row-major logical index
+    if index.numel() == 0:
+        return out
+    if int(index.min()) < 0 or int(index.max()) >= codes.numel():
+        raise IndexError(f"code_index must lie in [0, {codes.numel()}), got [{int(index.min())}, {int(index.max())}]")
+    flat = out.view(-1)
+    flat[index] = apply_mask(flat[index], _as_int64(mask, "mask").reshape(-1).to(codes.device), bits, signed, mode)
+    return out
