@@ -152,7 +152,10 @@ def run(overrides: list[str], prog: str = "qfi") -> dict[str, Any]:
     """
     LAST.update(result=None, error=None)
     saved = sys.argv
-    sys.argv = [prog, *overrides]
+    from qfi_cli.validate import split_flags
+
+    plain, flags = split_flags(overrides)
+    sys.argv = [prog, *plain, *flags]  # argparse takes the overrides before Hydra's flags
     try:
         main()
     finally:

@@ -43,10 +43,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _run(overrides: list[str]) -> Any:
+def _run(overrides: list[str], out: Path | None = None) -> Any:
     from qfi_cli.app import run
+    from qfi_cli.validate import check_overrides, check_writable
 
     try:
+        check_overrides(overrides)
+        if out is not None:
+            check_writable(out)
         last = run(overrides)
     except QfiError as e:
         _fail(str(e))
@@ -93,7 +97,7 @@ def train(
         if out is None:
             _fail("--resume needs --out DIR: the run directory to continue")
         ov.append("resume=true")
-    metrics = _run(ov + list(overrides or []))
+    metrics = _run(ov + list(overrides or []), out)
     if metrics:
         _table("qfi train", {k: v for k, v in metrics.items() if k not in ("history",)})
 
@@ -119,7 +123,7 @@ def inject_eval(
     _opt(ov, "eval.trials", trials)
     _opt(ov, "seed", seed)
     _opt(ov, "hydra.run.dir", out)
-    results = _run(ov + list(overrides or []))
+    results = _run(ov + list(overrides or []), out)
     if results:
         ci = results["accuracy_ci95"]
         _table("qfi inject-eval", {
@@ -164,7 +168,7 @@ def sweep(
     if train_models:
         ov.append("sweep_train=true")
     ov += list(overrides or [])
-    _run(ov + [_exclude_fixed(ov)])
+    _run(ov + [_exclude_fixed(ov)], out)
 
 
 def _exclude_fixed(overrides: list[str]) -> str:
@@ -172,10 +176,12 @@ def _exclude_fixed(overrides: list[str]) -> str:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    from qfi_cli.validate import split_flags
+
     try:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("--")])
-    except HydraException as e:
-        _fail(f"malformed override: {str(e).strip().splitlines()[0]}")
+        parsed = OverridesParser.create().parse_overrides(split_flags(overrides)[0])
+    except HydraException:
+        return "hydra.job.config.override_dirname.exclude_keys=[]"  # reported by check_overrides
     fixed = {o.get_key_element().lstrip("+~") for o in parsed
              if not o.is_sweep_override() and not o.get_key_element().lstrip("+~").startswith("hydra")}
     keys = sorted(fixed | {"command", "checkpoint", "sweep_train", "device", "paths.root", "sweep"})
