@@ -221,7 +221,10 @@ def test_u_of_all_bits_is_uniform_and_defines_positions():
     a, b = level_bounds(36)
     lv_pos, lv_u = s.level(36)
     assert np.all((lv_u >= a) & (lv_u < b)) and lv_pos.size > 1000
-    assert stats.kstest((lv_u - a) / (b - a), "uniform").pvalue > ALPHA
+    v = (lv_u - a) / (b - a)
+    assert stats.kstest(v, "uniform").pvalue > ALPHA
+    # float64 resolution inside the level: not all on a float32-like grid of 2**-24 of its width
+    assert np.any(v * 2.0**24 != np.floor(v * 2.0**24))
 
 
 # ---------------------------------------------------------------- nesting, edges, determinism
@@ -356,6 +359,11 @@ def test_fixed_count_is_the_rate_set_with_that_many_bits():
         assert all(np.array_equal(by_count[n], by_rate[n]) for n in sizes), ber
         again = sample_fixed_count(sizes, count, lambda name: stream_key(1, 2, name), cache=cache)
         assert all(np.array_equal(by_count[n], again[n]) for n in sizes)
+        # the same cache under another trial's keys must not serve the old samplers
+        other = sample_fixed_count(sizes, count, lambda name: stream_key(1, 3, name), cache=cache)
+        fresh = sample_fixed_count(sizes, count, lambda name: stream_key(1, 3, name))
+        assert all(np.array_equal(other[n], fresh[n]) for n in sizes)
+        assert not all(np.array_equal(other[n], by_count[n]) for n in sizes)
 
 
 def test_fixed_count_spreads_over_layers_by_size():

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from qfi_cli.engine.evaluate import RESULTS, inject_eval
+from qfi_cli.engine.evaluate import RESULTS, check_eval_settings, inject_eval
 from qfi_cli.engine.train import MODEL, train
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultConfig
@@ -92,6 +92,21 @@ def _sweep_model(cfg: dict[str, Any], sweep_dir: Path, reporter: Reporter) -> Pa
     return model_dir / MODEL
 
 
+def _expected(cfg: DictConfig) -> dict[str, Any]:
+    """What the user asked of the model (``model=lenet5``, ``quant.wbits=4``): the checkpoint must agree."""
+    expect = {}
+    for item in HydraConfig.get().overrides.task:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0] not in ("model", "quant", "sam", "train") or "=" not in item:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, DictConfig):
+            key, value = key + ".name", value.get("name")
+        if value is not None and not isinstance(value, DictConfig):
+            expect[key] = OmegaConf.to_container(value) if hasattr(value, "_content") else value
+    return expect
+
+
 def _checkpoint(cfg: dict[str, Any]) -> Path:
     if cfg.get("checkpoint"):
         return Path(cfg["checkpoint"])
@@ -112,13 +127,15 @@ def task(cfg: DictConfig) -> Any:
             result = train(plain, out_dir, reporter, resume=bool(cfg.resume))
             record_latest(cfg.paths.root, out_dir / MODEL)
         elif cfg.command == "inject_eval":
+            check_eval_settings(plain)
             if multirun and (done := _finished(out_dir, plain, point)) is not None:
                 reporter.log(f"skip {out_dir.name}: finished before")
                 LAST["result"] = done
                 return done
             checkpoint = (_sweep_model(plain, Path(hc.sweep.dir), reporter) if multirun and cfg.sweep_train
                           else _checkpoint(plain))
-            result = inject_eval(plain, None, checkpoint, reporter)
+            expect = {} if multirun and cfg.sweep_train else _expected(cfg)
+            result = inject_eval(plain, None, checkpoint, reporter, expect)
             result["point"] = point
             write_json(out_dir / RESULTS, result)
         else:

@@ -76,8 +76,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise QfiError(f"refusing to load {path}: not plain tensor data ({first[:160]})") from None
+        blocked = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
+        if blocked is None:
+            raise QfiError(f"checkpoint {path} is corrupt or unreadable (not a torch checkpoint)") from None
+        raise QfiError(f"refusing to load {path}: it holds code, not plain data ({blocked[:120]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise QfiError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:

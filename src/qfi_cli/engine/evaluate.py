@@ -50,13 +50,26 @@ def _cached_dataset(name: str, root: str | None, device: str) -> InMemoryDataset
     return load_dataset(name, root, device)
 
 
-def load_trained(checkpoint: str | Path, device: torch.device, data_root: str | None = None):
+def _select(cfg: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def load_trained(checkpoint: str | Path, device: torch.device, data_root: str | None = None,
+                 expect: dict[str, Any] | None = None):
     """Rebuild a trained model from its checkpoint; returns (model in eval mode, data set, training config).
 
-    Data sets stay cached in the process, so a sweep on the basic launcher loads each one once.
+    ``expect`` maps dotted config keys (``model.name``, ``quant.wbits``) to the values the caller asked for; a
+    checkpoint trained otherwise is refused. Data sets stay cached in the process, so a sweep on the basic
+    launcher loads each one once.
     """
     ckpt = load_checkpoint(checkpoint, map_location=device)
     tcfg = ckpt["config"]
+    for key, wanted in (expect or {}).items():
+        if _select(tcfg, key) != wanted:
+            raise QfiError(f"checkpoint {checkpoint} was trained with {key}={_select(tcfg, key)}, not {wanted}: "
+                           "pass a matching --checkpoint (or sweep with --train)")
     try:
         root = data_root if data_root is not None else tcfg["data"].get("root")
         data = _cached_dataset(tcfg["data"]["name"], root, str(device))
@@ -68,8 +81,16 @@ def load_trained(checkpoint: str | Path, device: torch.device, data_root: str | 
     return model.eval(), data, tcfg
 
 
+def check_eval_settings(cfg: dict[str, Any]) -> tuple[FaultConfig, int]:
+    """The validated fault config and trial count (one-line QfiError on a mistake)."""
+    trials = int(cfg["eval"]["trials"])
+    if trials < 1:
+        raise QfiError(f"trials must be >= 1, got {trials}")
+    return FaultConfig.from_dict(cfg["fault"]), trials
+
+
 def inject_eval(cfg: dict[str, Any], out_dir: str | Path | None, checkpoint: str | Path,
-                reporter: Reporter | None = None) -> dict[str, Any]:
+                reporter: Reporter | None = None, expect: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` under ``cfg['fault']`` for ``cfg['eval']['trials']`` trials; write results.json.
 
     Each trial quantizes and injects once (persistence ``trial``) and reuses the faulty weights for every
@@ -78,12 +99,10 @@ def inject_eval(cfg: dict[str, Any], out_dir: str | Path | None, checkpoint: str
     """
     reporter = reporter or Reporter()
     start = time.perf_counter()
-    trials = int(cfg["eval"]["trials"])
-    if trials < 1:
-        raise QfiError(f"trials must be >= 1, got {trials}")
-    fault = FaultConfig.from_dict(cfg["fault"])
+    fault, trials = check_eval_settings(cfg)
     device = resolve_device(cfg["device"])
-    model, data, tcfg = load_trained(checkpoint, device, cfg["data"].get("root") if cfg.get("data") else None)
+    model, data, tcfg = load_trained(checkpoint, device, cfg["data"].get("root") if cfg.get("data") else None,
+                                     expect)
     batch_size, limit = int(cfg["eval"]["batch_size"]), cfg["eval"].get("limit")
     seed = int(cfg["seed"])
 

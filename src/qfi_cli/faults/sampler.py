@@ -12,6 +12,12 @@ uniformly out of all ``n`` bits, tags each with ``U = a + (b - a) V`` (``V`` uni
 drops the positions a lower level already holds. Levels come bottom-up from one random stream per key, always in
 the same order, so level ``j``'s draws never depend on the rate asked; a rate in level ``j`` needs levels ``0..j``
 only, which costs at most about twice the number of faulty bits.
+
+Implementation notes: the K distinct positions of a level come from K integers, redrawing as many as were
+repeated until K distinct values exist (exact, see ``_distinct_uniform``), or from ``Generator.choice`` when K is a
+large share of n. ``positions(p)`` needs no explicit rejection: a candidate that a lower level already holds is in
+the answer through that lower level. The per-level U is kept as V, and ``U < p`` is decided as ``V < t`` with ``t``
+computed exactly (the level bounds are powers of two), so float64 rounding of U never decides a bit.
 """
 
 from __future__ import annotations
@@ -315,6 +321,13 @@ def sample_positions(n_bits: int, ber: float, key: Key) -> np.ndarray:
     return NestedBitSampler(n_bits, key).positions(ber)
 
 
+def _same_key(a: Key, b: Key) -> bool:
+    try:
+        return bool(a == b)
+    except ValueError:  # array-like keys compare elementwise
+        return bool(np.array_equal(a, b))
+
+
 def sample_fixed_count(
     n_bits: Mapping[str, int],
     count: int,
@@ -324,7 +337,8 @@ def sample_fixed_count(
     """Return exactly ``count`` distinct faulty bits spread uniformly over all layers' bits together.
 
     They are the ``count`` bits with the smallest U across layers, so the result is nested across ``count``
-    and each layer's share follows its size. ``cache`` (optional) keeps the per-layer samplers between calls.
+    and each layer's share follows its size. ``cache`` (optional, a dict) keeps the per-layer samplers
+    between calls; an entry whose size or key no longer matches is replaced.
 
     >>> sizes = {"conv": 800, "fc": 200}
     >>> few = sample_fixed_count(sizes, 5, lambda name: stream_key(0, 0, name))
@@ -341,9 +355,10 @@ def sample_fixed_count(
         raise ValueError(f"count {count} exceeds the {total} exposed bits")
     samplers: list[NestedBitSampler] = []
     for name in names:
+        key = key_of(name)
         sampler = cache.get(name) if cache is not None else None
-        if sampler is None or sampler.n_bits != int(n_bits[name]):
-            sampler = NestedBitSampler(int(n_bits[name]), key_of(name))
+        if sampler is None or sampler.n_bits != int(n_bits[name]) or not _same_key(sampler.key, key):
+            sampler = NestedBitSampler(int(n_bits[name]), key)
             if cache is not None:
                 cache[name] = sampler
         samplers.append(sampler)
