@@ -6,18 +6,12 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-try:
-    import qfi_cli  # noqa: F401
-except ImportError:  # running from a checkout without an installed package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from qfi_cli.data import DATASETS, InMemoryDataset, list_datasets, load_dataset, random_crop_flip
 from qfi_cli.errors import QfiError
