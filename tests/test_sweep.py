@@ -108,3 +108,14 @@ def test_unknown_or_missing_launcher_is_one_line(in_tmp):
     result = runner.invoke(app, ["sweep", "--launcher", "nope"])
     assert result.exit_code == 2 and "unknown launcher" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_launcher_plugin_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if "joblib_launcher" in name else real(name, *a))
+    result = runner.invoke(app, ["sweep", "--launcher", "joblib"])
+    assert result.exit_code == 2 and "pip install 'qfi[joblib]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -46,6 +46,23 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return (x.round() - x).detach() + x
 
 
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+    """``round(clamp(x / scale, qn, qp)) * scale`` with straight-through rounding (gradients flow to x and scale).
+
+    When autograd records nothing (``no_grad``/``inference_mode``, or neither input needs a gradient) the same
+    values come from one new tensor and in-place ops: ``round_ste``'s forward value ``(round(v) - v) + v`` is
+    exactly ``round(v)`` for ``|v| < 2**23``, which clamping to k <= 8 bit codes guarantees. Evaluation then
+    makes one activation-sized tensor per call instead of six.
+
+    >>> x, s = torch.tensor([0.26, -3.0, 0.74]), torch.tensor(0.5)
+    >>> fake_quantize(x, s, -2, 1).tolist()
+    [0.5, -1.0, 0.5]
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+        return round_ste(torch.clamp(x / scale, qn, qp)) * scale
+    return torch.div(x, scale).clamp_(qn, qp).round_().mul_(scale)
+
+
 def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Identity in the forward pass; multiplies the gradient by ``scale`` (LSQ's step-size gradient scaling)."""
     return (x - x * scale).detach() + x * scale
@@ -129,7 +146,7 @@ class LSQQuantizer(Quantizer):
         qn, qp = code_range(bits, signed)
         per_scale = x.numel() / self.step.numel()
         step = grad_scale(self.step, 1.0 / math.sqrt(per_scale * qp))
-        x_q = round_ste(torch.clamp(x / step, qn, qp)) * step
+        x_q = fake_quantize(x, step, qn, qp)
         self.last_scale, self.last_signed = self.step.detach(), signed
         return x_q
 
@@ -150,15 +167,14 @@ class MinMaxQuantizer(Quantizer):
         if bits >= 32:
             return x
         with torch.no_grad():
-            signed = bool(x.min() < 0) if is_activation else True
-            _, qp = code_range(bits, signed)
             shape = self._reduce_shape(x, is_activation)
-            if len(shape) and shape[0] > 1:
-                max_abs = x.abs().flatten(1).amax(1).view(shape)
-            else:
-                max_abs = x.abs().amax().view(shape)
-            scale = (max_abs / qp).clamp_min(1e-12)
+            # max|x| = max(|min x|, max x): one reading pass, no |x| tensor (min x also gives the signedness)
+            lo, hi = torch.aminmax(x.flatten(1) if len(shape) and shape[0] > 1 else x,
+                                   dim=1 if len(shape) and shape[0] > 1 else None)
+            signed = bool(lo.min() < 0) if is_activation else True
+            _, qp = code_range(bits, signed)
+            scale = (torch.maximum(lo.abs(), hi).view(shape) / qp).clamp_min(1e-12)
         qn = -qp if signed else 0
-        x_q = round_ste(torch.clamp(x / scale, qn, qp)) * scale
+        x_q = fake_quantize(x, scale, qn, qp)
         self.last_scale, self.last_signed = scale, signed
         return x_q
