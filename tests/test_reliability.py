@@ -25,7 +25,7 @@ QFI = [sys.executable, "-m", "qfi_cli.cli"]
 
 def _bad_checkpoints(tmp: Path, good: Path) -> dict[str, Path]:
     corrupt = tmp / "corrupt.pt"
-    corrupt.write_bytes(os.urandom(2048))
+    corrupt.write_bytes(b"this is no checkpoint\n" * 100)
     truncated = tmp / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:5000])
     mismatch = tmp / "mismatch.pt"

@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from qfi_cli.engine.evaluate import RESULTS, check_eval_settings, inject_eval
 from qfi_cli.engine.train import MODEL, train
@@ -49,20 +49,25 @@ if not OmegaConf.has_resolver("qfi_point"):
 LAST: dict[str, Any] = {"result": None, "error": None}
 
 
-def _point(cfg: DictConfig) -> dict[str, Any]:
-    """The swept values of this job, read back from the composed config (never from the override text)."""
-    point = {}
-    hc = HydraConfig.get()
-    excluded = set(hc.job.config.override_dirname.exclude_keys)
-    for item in hc.overrides.task:
+def _overridden(cfg: DictConfig) -> dict[str, Any]:
+    """This job's overrides as key -> value read back from the composed config (never from the override text:
+    Hydra normalises ``1e-4`` to ``0.0001``). A config-group choice maps to its ``name``."""
+    values = {}
+    for item in HydraConfig.get().overrides.task:
         key = item.split("=", 1)[0].lstrip("+~")
-        if key in excluded or key.startswith(("hydra", "paths")):
+        if "=" not in item or key.startswith(("hydra", "paths")):
             continue
         value = OmegaConf.select(cfg, key, default=None)
-        point[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-        if isinstance(point[key], dict) and "name" in point[key]:
-            point[key] = point[key]["name"]
-    return point
+        if isinstance(value, DictConfig):
+            value = value.get("name", key)
+        values[key] = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+    return values
+
+
+def _point(cfg: DictConfig) -> dict[str, Any]:
+    """The swept values of this sweep point (single-valued settings are excluded by the CLI)."""
+    excluded = set(HydraConfig.get().job.config.override_dirname.exclude_keys)
+    return {k: v for k, v in _overridden(cfg).items() if k not in excluded}
 
 
 def _finished(out_dir: Path, cfg: dict[str, Any], point: dict[str, Any]) -> dict[str, Any] | None:
@@ -95,15 +100,10 @@ def _sweep_model(cfg: dict[str, Any], sweep_dir: Path, reporter: Reporter) -> Pa
 def _expected(cfg: DictConfig) -> dict[str, Any]:
     """What the user asked of the model (``model=lenet5``, ``quant.wbits=4``): the checkpoint must agree."""
     expect = {}
-    for item in HydraConfig.get().overrides.task:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if key.split(".")[0] not in ("model", "quant", "sam", "train") or "=" not in item:
-            continue
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, DictConfig):
-            key, value = key + ".name", value.get("name")
-        if value is not None and not isinstance(value, DictConfig):
-            expect[key] = OmegaConf.to_container(value) if hasattr(value, "_content") else value
+    for key, value in _overridden(cfg).items():
+        section = key.split(".")[0]
+        if section in ("model", "quant", "sam", "train"):
+            expect[key if "." in key else key + ".name"] = value
     return expect
 
 

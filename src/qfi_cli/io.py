@@ -80,7 +80,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if blocked is None:
             raise QfiError(f"checkpoint {path} is corrupt or unreadable (not a torch checkpoint)") from None
         raise QfiError(f"refusing to load {path}: it holds code, not plain data ({blocked[:120]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure to parse an untrusted file means it is unreadable
         raise QfiError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise QfiError(f"{path} is not a qfi checkpoint (no state_dict/config): write it with `qfi train`")

@@ -40,10 +40,9 @@ def train(cfg: dict[str, Any], out_dir: str | Path, reporter: Reporter | None = 
 
     ``cfg`` is the composed config as a plain dict (see ``conf/config.yaml``). With ``resume``, training
     continues from ``out_dir/last.pt`` (written atomically after every epoch) and ends with the same weights as
-    an uninterrupted run.
+    an uninterrupted run. Example (``cfg`` as composed from conf/, e.g. ``.hydra/config.yaml`` of a run)::
 
-    >>> from qfi_cli.engine.config import default_config  # doctest: +SKIP
-    >>> metrics = train(default_config(), "/tmp/qfi-doc")  # doctest: +SKIP
+        metrics = train(cfg, "runs/w4")   # -> runs/w4/model.pt, runs/w4/metrics.json
     """
     reporter = reporter or Reporter()
     out_dir = Path(out_dir)

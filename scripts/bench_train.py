@@ -1,0 +1,76 @@
+"""Item 3: a SAM step against a plain SGD step of the same quantized model; a QAT step against the float step.
+
+Steps are the engine's: ``SAM(model, SGD(...), rho=0.05).step(loss_fn)`` (two forward/backward passes, epsilon on
+the quantized weights, BN statistics frozen on the second pass) against one forward/backward and
+``optimizer.step()`` of the same quantized model; and that plain step against the same step of the float model
+the quantized one was made from. Workloads: ResNet-20 at batch 128 on CIFAR-shaped inputs (the cifar recipe) and
+digits_cnn at batch 64 on digits (the default recipe); 8-bit LSQ weights and activations.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import _bench_common as bc
+from bench_eval import cifar_like
+from qfi_cli.data import load_dataset
+from qfi_cli.models import build_model
+from qfi_cli.optim import SAM
+from qfi_cli.quant import calibrate, quantize_model
+
+
+def sgd_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def sam_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    sam = SAM(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4), rho=0.05)
+    return lambda: sam.step(lambda: F.cross_entropy(model(x), y))
+
+
+def measure(device: str = "cpu", suffix: str = "") -> tuple[list[dict], dict]:
+    rows, details = [], {}
+    for name, data, batch in (("resnet20", cifar_like(512, 16, device), 128),
+                              ("digits_cnn", load_dataset("digits", device=device), 64)):
+        x, y = next(data.batches("train", batch, shuffle=True, generator=torch.Generator(device=device).manual_seed(0)))
+        torch.manual_seed(0)
+        float_model = build_model(name, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
+        quantized = quantize_model(copy.deepcopy(float_model), "lsq", wbits=8, abits=8).to(device)
+        calibrate(quantized, x)
+        sam_model = copy.deepcopy(quantized)  # SAM trains its own copy: each path keeps its optimizer state
+        for m in (float_model, quantized, sam_model):
+            m.train()
+        times = bc.paired({"float_sgd": sgd_step(float_model, x, y), "qat_sgd": sgd_step(quantized, x, y),
+                           "qat_sam": sam_step(sam_model, x, y)}, device=device)
+        details[name] = {"batch": batch, "seconds": bc.medians(times)}
+        rows.append(bc.at_most(f"3. SAM step vs SGD step, quantized {name}, batch {batch}{suffix}",
+                               bc.ratio(times, "qat_sam", "qat_sgd"), 2.1))
+        rows.append(bc.at_most(f"3. QAT step vs float step, {name}, batch {batch}{suffix}",
+                               bc.ratio(times, "qat_sgd", "float_sgd"), 1.5))
+    return rows, details
+
+
+def main() -> None:
+    bc.setup()
+    print("bench 3: training steps")
+    rows, details = measure("cpu")
+    notes = ["Training: SGD with momentum; SAM rho 0.05 (two passes); QAT = 8-bit LSQ weights and activations with "
+             "straight-through gradients (one autograd node per quantizer, same values and gradients as the "
+             "composite round_ste(clamp(x / s)) * s)."]
+    bc.record("3_train", "training steps", rows, details, notes)
+
+
+if __name__ == "__main__":
+    main()
