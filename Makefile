@@ -30,9 +30,11 @@ demo: $(STAMP) ## Train on digits, inject-eval, sweep 6 BERs (joblib-free: basic
 	QFI_OUTPUTS=$(DEMO) $(BIN)/qfi sweep --bers 1e-5,1e-4,3e-4,1e-3,3e-3,1e-2 --trials 20 --out $(DEMO)/sweep
 	@echo "demo plot: $(DEMO)/sweep/ber_curve.png"
 
-bench: $(STAMP) ## Run the benchmarks (scripts/bench*.py): bench/results.json and bench/results.md
+bench: $(STAMP) ## Run the benchmarks (scripts/bench*.py): bench/results.json, bench/results.md, README table
 	@mkdir -p bench
 	for s in scripts/bench*.py; do $(BIN)/python $$s || exit 1; done
+	$(BIN)/python scripts/_bench_common.py --readme
+	@cat bench/results.md
 
 clean: ## Remove the venv, outputs and caches
 	rm -rf $(VENV) outputs multirun $(DEMO) .pytest_cache .hypothesis build dist

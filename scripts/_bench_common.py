@@ -6,7 +6,7 @@ machine whose speed drifts while it runs, e.g. a shared one). Each script merges
 bench/results.json and renders bench/results.md from all sections; ``python scripts/_bench_common.py --readme``
 copies that table into README.md's "Performance" section.
 
-Environment: QFI_BENCH_THREADS (torch threads, default 1; 0: every core), QFI_BENCH_REPEATS (default 5, at least 5).
+Environment: QFI_BENCH_THREADS (torch threads, default 1; 0: every core), QFI_BENCH_REPEATS (default 7, at least 5).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ RESULTS_MD = BENCH_DIR / "results.md"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
-REPEATS = max(5, int(os.environ.get("QFI_BENCH_REPEATS", "5")))
+REPEATS = max(5, int(os.environ.get("QFI_BENCH_REPEATS", "7")))
 NOT_MEASURED = "not measured: no CUDA device"
 
 
@@ -115,18 +115,30 @@ def row(item: str, value: float | None, target: str, met: bool | None, shown: st
 
 
 def at_most(item: str, value: float, limit: float, note: str = "") -> dict[str, Any]:
-    return row(item, value, f"≤ {limit:g}x", value <= limit, note=note)
+    shown = f"{value:.3f}x" if round(value, 2) == limit else None  # do not show a miss as "2.10x <= 2.1x"
+    return row(item, value, f"≤ {limit:g}x", value <= limit, shown=shown, note=note)
 
 
 def speedup(item: str, value: float, least: float | None, note: str = "") -> dict[str, Any]:
     """A row for 'how many times faster' (value = slow / fast)."""
-    shown = f"{value:,.0f}x faster" if value >= 10 else f"{value:.2f}x faster"
+    if value >= 10:
+        shown = f"{value:,.0f}x faster"
+    elif value >= 1:
+        shown = f"{value:.2f}x faster"
+    else:
+        shown = f"{1 / value:.2f}x slower"
     target = "—" if least is None else f"≥ {least:g}x faster"
     return row(item, value, target, None if least is None else value >= least, shown=shown, note=note)
 
 
 def not_measured(item: str, target: str, why: str = NOT_MEASURED) -> dict[str, Any]:
     return row(item, None, target, None, shown=why)
+
+
+def missed(rows: list[dict[str, Any]], marker: str) -> list[str]:
+    """Items of ``rows`` whose name contains ``marker`` and that missed their target (short names for notes)."""
+    return [r["item"].split(": ", 1)[-1] if ": " in r["item"] else r["item"]
+            for r in rows if marker in r["item"] and r["met"] is False]
 
 
 # -- results files ----------------------------------------------------------------------------------------------
@@ -193,21 +205,23 @@ def update_readme() -> None:
     if not data["sections"]:
         print("no benchmark results yet: run `make bench`", file=sys.stderr)
         return
-    block = (f"{BEGIN}\n{render_table(data)}{END}")
+    block = f"{BEGIN}\n{PERFORMANCE_INTRO}\n\n{render_table(data)}{END}"
     text = README.read_text()
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + block + rest.split(END, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n## Performance\n\n" + PERFORMANCE_INTRO + "\n\n" + block + "\n"
+        text = text.rstrip("\n") + "\n\n## Performance\n\n" + block + "\n"
     README.write_text(text)
 
 
 PERFORMANCE_INTRO = (
-    "`make bench` (about 5 to 10 minutes on a laptop CPU) runs `scripts/bench_*.py`: each figure is a ratio of "
-    "two code paths timed side by side in one run, the median of at least 5 repeats, with the machine, thread "
-    "count and torch version recorded in `bench/results.json` (this table: `bench/results.md`). On a machine "
-    "with CUDA the same script also measures the CUDA figures.")
+    "Reproduce with `make bench` (about 4 minutes on 2 CPU cores): it runs `scripts/bench_*.py`, writes "
+    "`bench/results.json` (machine, threads, torch version, the seconds behind every ratio) and `bench/results.md`, "
+    "and copies the table here. Each figure is a ratio of two code paths timed side by side in one run, the "
+    "median over at least 5 repeats of the per-repeat ratios; torch runs on 1 thread unless `QFI_BENCH_THREADS` "
+    "says otherwise (0: every core), which keeps ratios stable on a shared machine. On a machine with CUDA, "
+    "`scripts/bench_cuda.py` also measures the CUDA figures (item 6).")
 
 
 if __name__ == "__main__":

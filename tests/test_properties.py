@@ -42,6 +42,8 @@ def test_faults_change_exactly_the_sampled_bits(bits, signed, n_codes, p, seed, 
     bit_positions = [bits - 1] if msb_only else None
     pos = sample_positions(n_exposed_bits(n_codes, bits, bit_positions), p, stream_key(seed, 0, "w"))
     idx, mask = positions_to_masks(torch.from_numpy(pos), bits, bit_positions)
+    idx_np, mask_np = positions_to_masks(pos, bits, bit_positions)  # the numpy path the injector takes
+    assert torch.equal(idx, idx_np) and torch.equal(mask, mask_np)
     new = apply_mask(codes[idx], mask, bits, signed, mode)
     assert ((new >= lo) & (new <= hi)).all(), "faulty codes stay k-bit codes"
     changed = to_unsigned(codes[idx], bits) ^ to_unsigned(new, bits)

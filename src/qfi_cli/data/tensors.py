@@ -64,9 +64,10 @@ def random_crop_flip(x: Tensor, padding: int = CIFAR_PADDING, generator: torch.G
     rows = top[:, None] + torch.arange(h, device=dev)  # (B, H)
     cols = left[:, None] + torch.arange(w, device=dev)  # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = torch.arange(b, device=dev)[:, None, None, None]
-    chan = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    # One gather along each image plane: offset rows * (W + 2p) + cols, shared by the channels of an image
+    # (about 4x faster on CPU than indexing with four broadcast index tensors).
+    offsets = (rows[:, :, None] * (w + 2 * p) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return torch.gather(padded.view(b, c, -1), 2, offsets).view(b, c, h, w)
 
 
 @dataclass
@@ -160,7 +161,7 @@ class InMemoryDataset:
         tensor([[[[-1.,  1.]]]])
         """
         scale, shift = self._affine(x.device)
-        return x.to(torch.float32) * scale + shift
+        return x.to(torch.float32, copy=True).mul_(scale).add_(shift)
 
     def batches(
         self,
@@ -202,7 +203,7 @@ class InMemoryDataset:
                 xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             if augment and self.augment == "cifar":
                 xb = random_crop_flip(xb, CIFAR_PADDING, generator)
-            yield xb.to(torch.float32) * scale + shift, yb
+            yield xb.to(torch.float32, copy=True).mul_(scale).add_(shift), yb  # = x * scale + shift, one tensor
 
     def to(self, device: str | torch.device) -> "InMemoryDataset":
         """A copy with every tensor on ``device`` (the same object's tensors are not moved)."""

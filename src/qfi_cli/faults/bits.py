@@ -116,6 +116,8 @@ def positions_to_masks(
     """
     bits = _check_bits(bits_per_code)
     chosen = _check_bit_positions(bit_positions, bits)
+    if isinstance(positions, np.ndarray) and positions.ndim == 1 and positions.dtype.kind in "iu":
+        return _positions_to_masks_np(positions.astype(np.int64, copy=False), bits, chosen)
     pos = _as_int64(positions, "positions").reshape(-1)
     if pos.numel() > 1 and not bool((pos[1:] > pos[:-1]).all()):
         pos = torch.unique(pos)  # sorted and distinct: a repeated position must not double-flip
@@ -135,6 +137,23 @@ def positions_to_masks(
     mask = torch.zeros(code_index.numel(), dtype=torch.int64, device=pos.device)
     mask.index_add_(0, inverse, single)
     return code_index, mask
+
+
+def _positions_to_masks_np(pos: np.ndarray, bits: int, chosen: Optional[list[int]]) -> tuple[torch.Tensor, ...]:
+    """numpy twin of the torch path above for the sampler's output (a segmented OR with ``reduceat``)."""
+    if pos.size > 1 and not (pos[1:] > pos[:-1]).all():
+        pos = np.unique(pos)
+    if pos.size and pos[0] < 0:
+        raise ValueError(f"positions must be >= 0, got {int(pos[0])}")
+    m = bits if chosen is None else len(chosen)
+    code, bit = np.divmod(pos, m)
+    if chosen is not None:
+        bit = np.asarray(chosen, dtype=np.int64)[bit]
+    if not pos.size:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    starts = np.flatnonzero(np.concatenate(([True], code[1:] != code[:-1])))
+    mask = np.bitwise_or.reduceat(np.left_shift(1, bit), starts)
+    return torch.from_numpy(code[starts]), torch.from_numpy(mask)
 
 
 def apply_mask(

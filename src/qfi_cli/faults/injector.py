@@ -199,7 +199,7 @@ class FaultInjector:
         if len(pos) == 0:
             self.flips.setdefault(key, 0)
             return x_q
-        idx, mask = positions_to_masks(torch.from_numpy(np.asarray(pos)), bits, bit_positions)
+        idx, mask = positions_to_masks(np.asarray(pos), bits, bit_positions)
         idx, mask = idx.to(x_q.device), mask.to(x_q.device)
         flat = x_q.reshape(-1)
         s = scale.reshape(-1)
@@ -208,7 +208,10 @@ class FaultInjector:
         new = apply_mask(codes, mask, bits, signed, self.config.fault_model.mode)
         out = flat.clone()
         out[idx] = new.to(out.dtype) * s
-        changed = _popcount(to_unsigned(codes, bits) ^ to_unsigned(new, bits), bits)
+        if self.config.fault_model.mode == "flip":  # every faulty bit changes: count the set bits of the masks
+            changed = _popcount(mask, bits)
+        else:  # a stuck bit changes only where it held the other value
+            changed = _popcount(to_unsigned(codes, bits) ^ to_unsigned(new, bits), bits)
         self.flips[key] = self.flips.get(key, 0) + changed
         return out.view_as(x_q)
 

@@ -143,6 +143,13 @@ def _in_sorted(sorted_set: np.ndarray, x: np.ndarray) -> np.ndarray:
     return sorted_set[np.minimum(at, sorted_set.size - 1)] == x
 
 
+def _conditional_q(level: int) -> float:
+    """P(a bit lies in level j | it lies in no lower level) = (b - a) / (1 - a)."""
+    a, b = level_bounds(level)
+    return (b - a) / (1.0 - a)
+
+
+_LEVEL_Q = np.array([_conditional_q(j) for j in range(N_LEVELS)])
 _CHOICE_FRACTION = 16  # above n / 16 positions per level, numpy's choice (Floyd / tail shuffle) is the cheaper way
 
 
@@ -198,6 +205,9 @@ class NestedBitSampler:
         self.n_bits = n_bits
         self.key = key
         self._rng = np.random.Generator(np.random.PCG64(_seed_sequence(key)))
+        # Every level's count first, in one vectorised draw (K_j ~ Binomial(n, q_j), independent): empty levels
+        # then cost no further draws, and the counts never depend on the rate asked for.
+        self._counts = self._rng.binomial(n_bits, _LEVEL_Q) if n_bits else np.zeros(N_LEVELS, dtype=np.int64)
         # Per drawn level j = [a, b): candidate positions (sorted, distinct) and their V, where the bit's U is the
         # real number a + (b - a) * V. The candidates still include bits a lower level holds: positions() never
         # needs that rejection (such a bit is in the answer through its lower level anyway); level() and
@@ -214,9 +224,8 @@ class NestedBitSampler:
         return len(self._cand_pos)
 
     def _draw_level(self) -> None:
-        a, b = level_bounds(len(self._cand_pos))
         n, rng = self.n_bits, self._rng
-        k = int(rng.binomial(n, (b - a) / (1.0 - a))) if n else 0
+        k = int(self._counts[len(self._cand_pos)])
         if k == 0:
             pos, v = self._empty, _EMPTY_U
         else:

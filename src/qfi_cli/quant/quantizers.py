@@ -114,7 +114,13 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qn: int, qp: int) -> tor
     """
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
         return _FakeQuantizeSTE.apply(x, scale, qn, qp)
-    return torch.div(x, scale).clamp_(qn, qp).round_().mul_(scale)
+    v = torch.div(x, scale)
+    if _is_batched is not None and _is_batched(v):  # inside torch.func.vmap, clamp_ has no batching rule
+        return v.clamp_min_(qn).clamp_max_(qp).round_().mul_(scale)
+    return v.clamp_(qn, qp).round_().mul_(scale)
+
+
+_is_batched = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)
 
 
 def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
