@@ -113,12 +113,11 @@ def main() -> None:
              "the float model runs the same batches under torch.inference_mode()."]
     if bc.missed(rows, "inject-eval"):
         notes.append("Missed (inject-eval, " + ", ".join(n.rsplit(", ", 1)[-1] for n in bc.missed(rows, "inject-eval"))
-                     + "): a trial's faults cost a fixed ~0.3-0.6 ms per layer (sampler: one stream per layer and 30+ "
-                     "ladder levels drawn with a scalar numpy binomial each, nearly all empty; then ~15 small torch "
-                     "ops), whatever the layer's size. digits_cnn evaluates 450 8x8 images in ~9 ms, so its 4 layers "
-                     "add "
-                     "10-25%; ResNet-20 on 256 CIFAR images stays within a few %. What would get there: drawing the "
-                     "run of empty bottom levels at once in faults/sampler.py (same streams), or a larger test set.")
+                     + "): a trial's faults cost a fixed ~0.2-0.4 ms per layer whatever its size (one numpy "
+                     "stream per layer, its ladder counts in one vectorised draw, then ~15 small torch ops) plus "
+                     "re-quantizing the weights once per trial. digits_cnn evaluates 450 8x8 images in ~9 ms, so its "
+                     "4 layers add 10-20%; ResNet-20 on 256 CIFAR images stays within a few %. What would get "
+                     "there: a larger test set, or evaluating several trials' patterns in one batched forward.")
     if bc.missed(rows, "quantized eval"):
         notes.append("Missed (quantized eval vs float, " + ", ".join(n.rsplit(", ", 1)[-1] for n in
                                                                     bc.missed(rows, "quantized eval"))
