@@ -163,16 +163,16 @@ def test_layer_and_bit_restrictions():
 
 # -- end to end on a trained digits model --------------------------------------------------------------------------
 
-def evaluate(checkpoint, cfg, **fault):
+def evaluate(checkpoint, cfg, trials, **fault):
     run_cfg = copy.deepcopy(cfg)
     run_cfg["fault"].update(fault)
-    run_cfg["eval"]["trials"] = fault.pop("trials", 3) if "trials" in fault else run_cfg["eval"]["trials"]
+    run_cfg["eval"]["trials"] = trials
     return inject_eval(run_cfg, None, checkpoint)
 
 
 def test_ber_zero_reproduces_clean_accuracy_exactly(trained_digits):
     checkpoint, cfg = trained_digits
-    res = evaluate(checkpoint, {**cfg, "eval": {**cfg["eval"], "trials": 3}}, ber=0.0)
+    res = evaluate(checkpoint, cfg, 3, ber=0.0)
     model, data, _ = load_trained(checkpoint, torch.device("cpu"))
     with torch.no_grad():
         logits = torch.cat([model(x) for x, _ in data.batches("test", 1000)])
@@ -185,7 +185,7 @@ def test_ber_half_gives_chance_accuracy(trained_digits):
     """At ber=0.5 every code is uniform and independent of the weights, so predictions are independent of the
     labels: accuracy <= max class frequency (~0.10 on digits) plus sampling noise over 450 samples (sd <= 0.015)."""
     checkpoint, cfg = trained_digits
-    res = evaluate(checkpoint, {**cfg, "eval": {**cfg["eval"], "trials": 5}}, ber=0.5)
+    res = evaluate(checkpoint, cfg, 5, ber=0.5)
     _, data, _ = load_trained(checkpoint, torch.device("cpu"))
     top = float(torch.bincount(data.y_test).max()) / len(data.y_test)
     assert res["accuracy_mean"] <= top + 5 * math.sqrt(0.25 / len(data.y_test) / 5)

@@ -135,9 +135,7 @@ def task(cfg: DictConfig) -> Any:
             checkpoint = (_sweep_model(plain, Path(hc.sweep.dir), reporter) if multirun and cfg.sweep_train
                           else _checkpoint(plain))
             expect = {} if multirun and cfg.sweep_train else _expected(cfg)
-            result = inject_eval(plain, None, checkpoint, reporter, expect)
-            result["point"] = point
-            write_json(out_dir / RESULTS, result)
+            result = inject_eval(plain, out_dir, checkpoint, reporter, expect, point)
         else:
             raise QfiError(f"unknown command {cfg.command!r}: use train or inject_eval")
     except Exception as e:  # noqa: BLE001 - a sweep point records any failure and the sweep goes on

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from qfi_cli.errors import QfiError
 from qfi_cli.io import atomic_write, read_json
+from qfi_cli.stats import t_interval
 
 RESULTS = "results.json"
 SUMMARY = "summary.csv"
@@ -303,19 +304,6 @@ def ber_figure(rows: list[dict[str, Any]]) -> Any:
 
 # ---------------------------------------------------------------------------------------------------- paired
 
-def _t_interval(diffs: list[float]) -> tuple[float, float, float | None, float | None]:
-    """Mean, sample std and Student-t 95% CI of ``diffs`` (no CI below 2 values)."""
-    from scipy import stats
-
-    n = len(diffs)
-    mean = sum(diffs) / n
-    if n < 2:
-        return mean, 0.0, None, None
-    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    return mean, std, mean - half, mean + half
-
-
 def paired_differences(sweep_dir_or_rows: str | Path | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Paired per-trial accuracy differences (a - b) between configurations.
 
@@ -339,7 +327,7 @@ def paired_differences(sweep_dir_or_rows: str | Path | list[dict[str, Any]]) -> 
     for (ber, seed, n, _), by_label in cells.items():
         for a, b in combinations(by_label, 2):
             diffs = [x - y for x, y in zip(by_label[a], by_label[b])]
-            mean, std, low, high = _t_interval(diffs)
+            mean, std, low, high = t_interval(diffs)
             out.append({"a": a, "b": b, "ber": ber, "seed": seed, "n": n, "mean": mean, "std": std,
                         "ci95_low": low, "ci95_high": high})
     return out

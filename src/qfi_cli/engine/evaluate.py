@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import time
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from scipy import stats
 
 from qfi_cli.data import InMemoryDataset, load_dataset
 from qfi_cli.engine.common import build_quantized_model, predict_correct, resolve_device
@@ -18,6 +17,7 @@ from qfi_cli.faults import FaultConfig, FaultInjector
 from qfi_cli.io import load_checkpoint, write_json
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, weight_bits_total
+from qfi_cli.stats import t_interval
 
 RESULTS = "results.json"
 
@@ -30,14 +30,8 @@ def mean_ci95(values: list[float]) -> tuple[float, float, list[float] | None]:
     >>> mean_ci95([0.5, 0.7])[0]
     0.6
     """
-    n = len(values)
-    t = torch.tensor(values, dtype=torch.float64)
-    mean = float(t.mean())
-    if n < 2:
-        return mean, 0.0, None
-    std = float(t.std(unbiased=True))
-    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    return mean, std, [max(mean - half, 0.0), min(mean + half, 1.0)]
+    mean, std, low, high = t_interval(values)
+    return mean, std, None if low is None else [max(low, 0.0), min(high, 1.0)]
 
 
 def _fraction(mask: torch.Tensor) -> float:
@@ -90,7 +84,8 @@ def check_eval_settings(cfg: dict[str, Any]) -> tuple[FaultConfig, int]:
 
 
 def inject_eval(cfg: dict[str, Any], out_dir: str | Path | None, checkpoint: str | Path,
-                reporter: Reporter | None = None, expect: dict[str, Any] | None = None) -> dict[str, Any]:
+                reporter: Reporter | None = None, expect: dict[str, Any] | None = None,
+                point: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` under ``cfg['fault']`` for ``cfg['eval']['trials']`` trials; write results.json.
 
     Each trial quantizes and injects once (persistence ``trial``) and reuses the faulty weights for every
@@ -110,14 +105,13 @@ def inject_eval(cfg: dict[str, Any], out_dir: str | Path | None, checkpoint: str
         with injector.disabled(), frozen_weights(model):
             clean_correct, _ = predict_correct(model, data, batch_size, limit)
         accuracies, rerrs, flips, nan_trials, nonfinite = [], [], [], 0, 0
-        freeze = fault.persistence == "trial" and fault.target == "weights"
+        # Weight faults of a trial are fixed (persistence trial): quantize and inject once, reuse for every batch.
+        # Activation faults are drawn per forward either way.
+        once = frozen_weights if fault.persistence == "trial" else lambda _: nullcontext()
         with reporter.task("inject-eval", total=trials) as advance:
             for t in range(trials):
                 injector.set_trial(t)
-                if freeze:
-                    with frozen_weights(model):
-                        correct, bad = predict_correct(model, data, batch_size, limit)
-                else:
+                with once(model):
                     correct, bad = predict_correct(model, data, batch_size, limit)
                 accuracies.append(_fraction(correct))
                 rerrs.append(_fraction(~correct | ~clean_correct))
@@ -139,7 +133,7 @@ def inject_eval(cfg: dict[str, Any], out_dir: str | Path | None, checkpoint: str
         "model": tcfg["model"]["name"], "dataset": tcfg["data"]["name"],
         "wbits": tcfg["quant"]["wbits"], "rho": tcfg["sam"]["rho"],
         "samples": int(clean_correct.numel()), "device": str(device),
-        "seconds": round(time.perf_counter() - start, 3), "status": "ok",
+        "seconds": round(time.perf_counter() - start, 3), "status": "ok", "point": point or {},
     }
     if out_dir is not None:
         write_json(Path(out_dir) / RESULTS, results)

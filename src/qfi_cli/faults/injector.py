@@ -30,16 +30,12 @@ _POPCOUNT8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.i
 _POPCOUNT8_ON: dict[torch.device, torch.Tensor] = {}
 
 
-def _popcount(u: torch.Tensor, bits: int) -> int:
-    """Number of set bits in the k-bit patterns ``u`` (int64 in ``[0, 2**bits)``)."""
+def _popcount(u: torch.Tensor) -> int:
+    """Number of set bits in the k-bit patterns ``u`` (int64 in ``[0, 2**k)``, k <= 8): one table lookup."""
     if not u.numel():
         return 0
-    if bits <= 8:  # one table lookup instead of a shift, a mask and a sum per bit
-        table = _POPCOUNT8_ON.get(u.device)
-        if table is None:
-            table = _POPCOUNT8_ON.setdefault(u.device, _POPCOUNT8.to(u.device))
-        return int(table[u].sum())
-    return int(sum(((u >> b) & 1).sum() for b in range(bits)))
+    table = _POPCOUNT8_ON.setdefault(u.device, _POPCOUNT8.to(u.device))
+    return int(table[u].sum())
 
 
 class _FaultyQuantizer:
@@ -180,7 +176,7 @@ class FaultInjector:
             if self._counted is None or self._counted_draw != draw:
                 sizes = {n: n_exposed_bits(m.weight.numel(), m.wbits, self._bit_positions(m.wbits))
                          for n, m in self.layers if m.wbits < 32}
-                total = self.exposed_weight_bits()
+                total = sum(sizes.values())
                 if cfg.count > total:
                     raise QfiError(f"fault.count={cfg.count} exceeds the {total} exposed weight bits")
                 self._counted = sample_fixed_count(sizes, int(cfg.count),
@@ -209,9 +205,9 @@ class FaultInjector:
         out = flat.clone()
         out[idx] = new.to(out.dtype) * s
         if self.config.fault_model.mode == "flip":  # every faulty bit changes: count the set bits of the masks
-            changed = _popcount(mask, bits)
+            changed = _popcount(mask)
         else:  # a stuck bit changes only where it held the other value
-            changed = _popcount(to_unsigned(codes, bits) ^ to_unsigned(new, bits), bits)
+            changed = _popcount(to_unsigned(codes, bits) ^ to_unsigned(new, bits))
         self.flips[key] = self.flips.get(key, 0) + changed
         return out.view_as(x_q)
 
