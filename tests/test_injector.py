@@ -17,6 +17,7 @@ from qfi_cli.engine.evaluate import inject_eval, load_trained
 from qfi_cli.faults import FaultConfig, FaultInjector
 from qfi_cli.optim import SAM
 from qfi_cli.quant import MinMaxQuantizer, QuanLinear, calibrate, frozen_weights, quantize_model, quantized_layers
+from qfi_cli.quant.layers import QuantizedLayerMixin
 from tests.conftest import tiny_cnn
 
 ALPHA = 1e-6  # false-alarm probability of each statistical check
@@ -33,10 +34,31 @@ def linear_with_codes(codes: list[int], bits: int = 8) -> QuanLinear:
 
 
 def faulty_codes(layer: QuanLinear, cfg: FaultConfig, seed: int = 0, trial: int = 0) -> list[int]:
-    with FaultInjector(layer, cfg, seed=seed) as inj:
-        inj.set_trial(trial)
-        w = layer.quan_w_fn(layer.weight, layer.wbits)
-        return torch.round(w / layer._modules["quan_w_fn"].last_scale).long().flatten().tolist()
+    """The integer codes of the layer's weight in trial ``trial`` (in-place path: frozen weights)."""
+    with FaultInjector(layer, cfg, seed=seed) as inj, frozen_weights(layer):
+        with inj.trial(trial):
+            return layer.frozen_encoding.codes(layer.frozen_weight).flatten().tolist()
+
+
+def test_in_place_trial_equals_per_forward_hook_and_is_undone_bit_for_bit():
+    """The two ways in (faults written into frozen weights per trial; a copy corrupted at each forward) give the same
+    faulty weights, and leaving a trial restores the frozen weights bit for bit."""
+    torch.manual_seed(0)
+    model = quantize_model(tiny_cnn(), wbits=4, abits=32, quantizer="minmax").eval()
+    layers = [m for _, m in quantized_layers(model)]
+    cfg = FaultConfig(ber=0.05)
+    with FaultInjector(model, cfg, seed=3) as inj:
+        for t in range(3):
+            inj.set_trial(t)
+            per_forward = [m.weight_with_faults().detach().clone() for m in layers]
+            with frozen_weights(model):
+                clean = [m.frozen_weight.clone() for m in layers]
+                with inj.trial(t):
+                    in_place = [m.frozen_weight.clone() for m in layers]
+                    flips = inj.flips_total()
+                assert all(torch.equal(a, b) for a, b in zip(clean, [m.frozen_weight for m in layers]))
+            assert flips > 0
+            assert all(torch.equal(a, b) for a, b in zip(per_forward, in_place))
 
 
 def test_msb_flip_two_complement_cases():
@@ -130,10 +152,9 @@ def test_patterns_nested_across_rates_and_reproducible():
 def test_fixed_count_flips_exactly_count_bits():
     model = quantize_model(tiny_cnn(), wbits=4, abits=32).eval()
     x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
-    with FaultInjector(model, FaultConfig(model="bitflip_count", count=7)) as inj:
+    with FaultInjector(model, FaultConfig(model="bitflip_count", ber=None, count=7)) as inj, frozen_weights(model):
         for t in range(5):
-            inj.set_trial(t)
-            with frozen_weights(model):
+            with inj.trial(t):
                 model(x)
             assert inj.flips_total() == 7
 
@@ -143,9 +164,9 @@ def test_activation_faults_leave_weights_alone():
     x = torch.randn(4, 1, 6, 6, dtype=torch.float64)
     model(x)
     clean = model(x)
-    with FaultInjector(model, FaultConfig(ber=0.05, target="activations")) as inj:
-        with frozen_weights(model):
-            assert all(torch.equal(m.frozen_weight, m._modules["quan_w_fn"](m.weight, m.wbits))
+    with FaultInjector(model, FaultConfig(ber=0.05, target="activations")) as inj, frozen_weights(model):
+        with inj.trial(0):
+            assert all(torch.equal(m.frozen_weight, m.quan_w_fn(m.weight, m.wbits))
                        for _, m in quantized_layers(model))
             assert not torch.equal(model(x), clean)
         assert inj.flips_total() == 0 and inj.flips_total(activations=True) > 0
@@ -154,10 +175,11 @@ def test_activation_faults_leave_weights_alone():
 def test_layer_and_bit_restrictions():
     model = quantize_model(tiny_cnn(), wbits=8, abits=32).eval()
     names = [n for n, _ in quantized_layers(model)]
-    with FaultInjector(model, FaultConfig(ber=0.5, layers=[names[1]], bits=[-1])) as inj:
-        with frozen_weights(model):
-            pass
-        assert set(inj.flips) == {names[1]}
+    with FaultInjector(model, FaultConfig(ber=0.5, layers=[names[1]], bits=[-1])) as inj, frozen_weights(model):
+        before = {n: m.frozen_weight.clone() for n, m in quantized_layers(model)}
+        with inj.trial(0):
+            changed = {n for n, m in quantized_layers(model) if not torch.equal(m.frozen_weight, before[n])}
+        assert set(inj.flips) == {names[1]} and changed == {names[1]}
         assert inj.exposed_weight_bits() == dict(quantized_layers(model))[names[1]].weight.numel()
 
 
@@ -167,7 +189,8 @@ def evaluate(checkpoint, cfg, trials, **fault):
     run_cfg = copy.deepcopy(cfg)
     run_cfg["fault"].update(fault)
     run_cfg["eval"]["trials"] = trials
-    return inject_eval(run_cfg, None, checkpoint)
+    [res] = inject_eval(run_cfg, checkpoint)
+    return res
 
 
 def test_ber_zero_reproduces_clean_accuracy_exactly(trained_digits):
@@ -194,14 +217,19 @@ def test_ber_half_gives_chance_accuracy(trained_digits):
 
 def test_results_fields_and_once_per_trial_injection(trained_digits, monkeypatch):
     checkpoint, cfg = trained_digits
-    calls = []
-    original = FaultInjector.corrupt
-    monkeypatch.setattr(FaultInjector, "corrupt", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    calls, quantized = [], []
+    original = FaultInjector._fault_entries
+    monkeypatch.setattr(FaultInjector, "_fault_entries",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    original_q = QuantizedLayerMixin.quantize_weight_clean
+    monkeypatch.setattr(QuantizedLayerMixin, "quantize_weight_clean",
+                        lambda self: quantized.append(1) or original_q(self))
     run_cfg = copy.deepcopy(cfg)
     run_cfg["eval"].update(trials=4, batch_size=50)  # 9 batches per trial
-    res = inject_eval(run_cfg, None, checkpoint)
+    [res] = inject_eval(run_cfg, checkpoint)
     n_layers = len(quantized_layers(load_trained(checkpoint, torch.device("cpu"))[0]))
-    assert len(calls) == 4 * n_layers, "weights must be quantized and injected once per trial, not per batch"
+    assert len(calls) == 4 * n_layers, "faults must be injected once per trial and layer, not per batch"
+    assert len(quantized) == n_layers, "weights must be quantized once per evaluation, not per trial"
     for key in ("ber", "trials", "seed", "clean_accuracy", "accuracy_mean", "accuracy_std", "accuracy_ci95",
                 "rerr_mean", "accuracies", "flips", "bits_total", "fault", "checkpoint", "seconds", "nan_trials"):
         assert key in res
@@ -210,7 +238,7 @@ def test_results_fields_and_once_per_trial_injection(trained_digits, monkeypatch
     assert lo <= res["accuracy_mean"] <= hi
 
 
-# -- SAM x injection: the seed's rules -----------------------------------------------------------------------------
+# -- SAM x injection: the seed's rules (the training engine holds one pattern per step; SAM knows no faults) ---------
 
 def sam_with_injection(persistence="forward"):
     model = quantize_model(tiny_cnn(), wbits=4, abits=32, first_last_bits=None)
@@ -218,19 +246,25 @@ def sam_with_injection(persistence="forward"):
     calibrate(model, x)
     model.train()
     inj = FaultInjector(model, FaultConfig(ber=0.05, enable_in_training=True, persistence=persistence))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        sam = SAM(model, torch.optim.SGD(model.parameters(), lr=0.0), rho=0.05, injector=inj)
-    return model, inj, sam, (x, y), caught
+    sam = SAM(model, torch.optim.SGD(model.parameters(), lr=0.0), rho=0.05)
+    return model, inj, sam, (x, y)
 
 
 def test_sam_with_training_injection_warns():
-    *_, caught = sam_with_injection()
-    assert any("fault injection is on during SAM training" in str(w.message) for w in caught)
+    from qfi_cli.config import RunConfig
+    from qfi_cli.engine.train import _training_injectors
+
+    model = quantize_model(tiny_cnn(), wbits=4, abits=32)
+    cfg = RunConfig.from_dict({"fault": {"ber": 0.01, "enable_in_training": True}, "sam": {"rho": 0.05}})
+    with pytest.warns(UserWarning, match="fault injection is on during SAM training"):
+        faulty, bet = _training_injectors(cfg, model)
+    assert faulty is not None and bet is None
+    faulty.detach()
 
 
-def test_sam_ascent_uses_clean_quantized_weight_and_both_passes_share_faults():
-    model, inj, sam, (x, y), _ = sam_with_injection()
+@pytest.mark.parametrize("persistence", ["trial", "forward"])
+def test_sam_ascent_uses_clean_quantized_weight_and_both_passes_share_faults(persistence):
+    model, inj, sam, (x, y) = sam_with_injection(persistence)
     layers = [m for _, m in quantized_layers(model)]
     seen = []
 
@@ -238,14 +272,15 @@ def test_sam_ascent_uses_clean_quantized_weight_and_both_passes_share_faults():
         out = model(x)
         # what this pass computed with, minus SAM's epsilon = the faulty Q(w) of this pass
         used = [(m.quantize_weight() - (m.epsilon if m.epsilon is not None else 0)).detach() for m in layers]
-        tracked = [m.quantized_weight.detach().clone() for m in layers]
+        tracked = [m.quantized_weights[0].detach().clone() for m in layers]
         seen.append((used, tracked))
         return F.cross_entropy(out, y)
 
-    for _ in range(2):
-        sam.step(loss_fn)
+    for step in range(2):
+        with inj.step(step):  # as engine.train does around each SAM step
+            sam.step(loss_fn)
     (used1, tracked1), (used2, _), (used3, _), _ = seen
-    clean = [m._modules["quan_w_fn"](m.weight, m.wbits).detach() for m in layers]
+    clean = [m.quan_w_fn(m.weight, m.wbits).detach() for m in layers]
     for t, c, u in zip(tracked1, clean, used1):
         assert torch.equal(t, c), "SAM must track the clean (pre-fault) quantized weight"
     assert any(not torch.equal(u, c) for u, c in zip(used1, clean)), "the forward must see faults"
@@ -255,12 +290,12 @@ def test_sam_ascent_uses_clean_quantized_weight_and_both_passes_share_faults():
 
 
 def test_sam_epsilon_comes_from_clean_weight_gradient():
-    model, inj, sam, (x, y), _ = sam_with_injection()
+    model, inj, sam, (x, y) = sam_with_injection()
     layers = [m for _, m in quantized_layers(model)]
     model.zero_grad()
-    with inj.same_faults():
+    with inj.step(0):
         F.cross_entropy(model(x), y).backward()
-    grads = [m.quantized_weight.grad for m in layers]
+    grads = [m.quantized_weights[0].grad for m in layers]
     sam._set_epsilon()
     norm = torch.sqrt(sum((g**2).sum() for g in grads))
     for m, g in zip(layers, grads):

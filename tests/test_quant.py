@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.quant import (LSQQuantizer, MinMaxQuantizer, QuanConv2d, QuanLinear, check_bits, code_range,
-                           frozen_weights, quantize_model, quantized_layers)
+from qfi_cli.quant import (LSQQuantizer, MinMaxQuantizer, QuanConv2d, QuanLinear, RQuantizer, check_bits,
+                           code_range, float_encoding, frozen_weights, quantize_model, quantized_layers)
 from tests.conftest import tiny_cnn
 
 
@@ -23,11 +23,18 @@ def test_codes_are_k_bit_integers_and_dequantize_exactly(bits, kind, per_channel
     w = torch.randn(6, 3, 3, 3, dtype=torch.float64)
     q = kind(per_channel=per_channel)
     w_q = q(w, bits)
-    codes, scale = q.codes(w, bits)
+    codes, enc = q.codes(w, bits)
+    scale = enc.scale
     lo, hi = code_range(bits, signed=True)
     assert codes.dtype == torch.int64 and codes.min() >= lo and codes.max() <= hi
+    assert (enc.bits, enc.signed, enc.zero_point) == (bits, True, 0)
     assert scale.shape == ((6, 1, 1, 1) if per_channel else (1, 1, 1, 1))
     torch.testing.assert_close(w_q, codes.double() * scale, rtol=0, atol=0)
+    # the record decodes its own patterns back to the value, whole and at a subset of flat positions
+    torch.testing.assert_close(enc.decode(enc.encode(w_q), dtype=w.dtype), w_q, rtol=0, atol=0)
+    index = torch.tensor([0, 7, 53, 161])
+    flat = w_q.reshape(-1)[index]
+    torch.testing.assert_close(enc.decode(enc.encode(flat, index), index, dtype=w.dtype), flat, rtol=0, atol=0)
     # quantization error is at most half a step inside the clipping range
     inside = (w / scale).abs() <= hi
     assert ((w_q - w).abs() <= scale / 2 + 1e-12)[inside].all()
@@ -43,9 +50,63 @@ def test_unsigned_activations():
     x = torch.rand(4, 10, dtype=torch.float64)
     for q in (LSQQuantizer(), MinMaxQuantizer()):
         q(x, 4, is_activation=True)
-        assert q.last_signed is False
-        codes = torch.round(q(x, 4, is_activation=True) / q.last_scale)
-        assert codes.min() >= 0 and codes.max() <= 15
+        codes, enc = q.codes(x, 4, is_activation=True)
+        assert enc.signed is False and codes.min() >= 0 and codes.max() <= 15
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_rquant_codes_are_unsigned_and_cover_the_layer_range(bits):
+    """RQuant: scale (max - min) / (2^k - 1), integer zero point, codes in [0, 2^k - 1], min and max representable
+    within half a step, value = (code - zero_point) * scale exactly."""
+    torch.manual_seed(bits)
+    w = torch.randn(6, 3, 3, 3, dtype=torch.float64) * 0.3 + 0.05
+    value, enc = RQuantizer().quantize(w, bits)
+    codes = enc.codes(value)
+    scale = float(enc.scale)
+    assert not enc.signed and codes.min() >= 0 and codes.max() <= 2**bits - 1
+    assert scale == pytest.approx(float(w.max() - w.min()) / (2**bits - 1), rel=1e-12)
+    assert enc.zero_point == round(float(-w.min()) / scale)
+    torch.testing.assert_close(value, (codes - enc.zero_point).double() * scale, rtol=0, atol=0)
+    assert (value - w).abs().max() <= scale / 2 + 1e-12  # the whole range [min, max] is inside the code range
+    assert (enc.encode(value) == codes).all()  # unsigned codes are stored as themselves
+
+
+def test_rquant_msb_flip_hand_computed():
+    """4-bit RQuant of [-0.5, 1.0]: scale 0.1, zero point 5; weight 0.3 is code 8 = 0b1000: flipping the top bit
+    gives code 0, i.e. (0 - 5) * 0.1 = -0.5; weight -0.2 is code 3 = 0b0011 -> 0b1011 = 11 -> 0.6."""
+    from qfi_cli.faults import FaultConfig, FaultInjector
+
+    w = torch.tensor([[-0.5, 0.3, -0.2, 1.0]], dtype=torch.float64)
+    layer = QuanLinear.from_float(nn.Linear(4, 1, bias=False).double(), RQuantizer(), RQuantizer(), 4, 32).eval()
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    value, enc = layer.quantize_weight_clean()
+    assert enc.codes(value).tolist() == [[0, 8, 3, 15]] and enc.zero_point == 5
+    with FaultInjector(layer, FaultConfig(ber=1.0, bits=[-1])) as inj, frozen_weights(layer):
+        with inj.trial(0):
+            faulty = layer.frozen_weight.clone()
+    torch.testing.assert_close(faulty, torch.tensor([[0.3, -0.5, 0.6, 0.2]], dtype=torch.float64), rtol=0,
+                               atol=1e-12)
+
+
+def test_rquant_is_per_layer():
+    with pytest.raises(QfiError, match="per_channel=false"):
+        RQuantizer(per_channel=True)
+
+
+def test_float_encodings_match_hand_computed_ieee_patterns():
+    """fp32 / fp16 / bf16 patterns: 1.0 = 0x3F800000 / 0x3C00 / 0x3F80 (exponent 011..1, mantissa 0); -2.0 sets the
+    sign bit. Flipping the exponent's top bit of 1.0 sets every exponent bit: infinity. Of 0.5 (exponent 011..10):
+    2**(2**(e-1)) / 2, i.e. 2**127 (fp32, bf16) and 2**15 = 32768 (fp16), a huge finite value."""
+    cases = {"fp32": (0x3F800000, 0xC0000000, 30, 2.0**127), "fp16": (0x3C00, 0xC000, 14, 32768.0),
+             "bf16": (0x3F80, 0xC000, 14, 2.0**127)}
+    for fmt, (one, minus_two, exp_msb, huge) in cases.items():
+        enc = float_encoding(fmt)
+        assert enc.encode(torch.tensor([1.0, -2.0])).tolist() == [one, minus_two]
+        assert enc.decode(torch.tensor([one ^ (1 << (enc.bits - 1))])).item() == -1.0   # sign flip
+        assert enc.decode(torch.tensor([one ^ (1 << exp_msb)])).item() == math.inf
+        half = int(enc.encode(torch.tensor([0.5]))[0])
+        assert enc.decode(torch.tensor([half ^ (1 << exp_msb)])).item() == huge
 
 
 def test_lsq_step_gradient_matches_paper():

@@ -47,8 +47,11 @@ def loss_of(model, batch):
 def first_pass_grads(model, batch):
     """Gradient of the loss w.r.t. each layer's quantized weight Q(w) at the current weights."""
     model.zero_grad(set_to_none=True)
+    for _, m in quantized_layers(model):
+        m.keep_quantized = True
+        m.quantized_weights.clear()
     loss_of(model, batch)().backward()
-    return [m.quantized_weight.grad.clone() for _, m in quantized_layers(model)]
+    return [m.quantized_weights[0].grad.clone() for _, m in quantized_layers(model)]
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -61,7 +64,7 @@ def test_epsilon_global_norm_equals_rho(bits, batch):
     norm = torch.sqrt(sum((e**2).sum() for e in eps))
     assert norm.item() == pytest.approx(0.07, rel=RTOL)
     # one GLOBAL norm: each layer's epsilon is rho * g / ||g||_global, not per-layer normalised
-    grads = [m.quantized_weight.grad for _, m in quantized_layers(model)]
+    grads = [m.quantized_weights[0].grad for _, m in quantized_layers(model)]
     gnorm = torch.sqrt(sum((g**2).sum() for g in grads))
     for e, g in zip(eps, grads):
         torch.testing.assert_close(e, 0.07 * g / gnorm, rtol=RTOL, atol=0)
@@ -75,7 +78,7 @@ def test_asam_scaled_norm_equals_rho(batch):
     first_pass_grads(model, batch)
     sam._set_epsilon()
     # ASAM: eps = rho T^2 g / ||T g||, so ||eps / T|| = rho with T = |Q(w)| + eta
-    scaled = [m.epsilon / (m.quantized_weight.detach().abs() + eta) for _, m in quantized_layers(model)]
+    scaled = [m.epsilon / (m.quantized_weights[0].detach().abs() + eta) for _, m in quantized_layers(model)]
     assert torch.sqrt(sum((s**2).sum() for s in scaled)).item() == pytest.approx(0.5, rel=RTOL)
     with pytest.raises(ValueError, match="eta > 0"):
         SAM(model, torch.optim.SGD(model.parameters(), lr=0.1), adaptive=True, eta=0.0)
@@ -209,3 +212,40 @@ def test_quantized_sam_perturbs_quantized_weights_not_floats(batch):
         torch.testing.assert_close(w_used, q + eps, rtol=0, atol=0)
     for b, (_, m) in zip(before, quantized_layers(model)):
         assert torch.equal(b, m.weight.detach())
+
+
+def test_first_and_second_step_equal_step(batch):
+    """The optimizer-style API (forward/backward, first_step, forward/backward, second_step) and step(closure) make
+    the same update; step returns the first pass's loss and output."""
+    a, b = prepared(4, batch), None
+    b = copy.deepcopy(a)
+    sam_a = SAM(a, torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), rho=0.05)
+    sam_b = SAM(b, torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9), rho=0.05)
+    for _ in range(2):
+        F.cross_entropy(a(batch[0]), batch[1]).backward()
+        sam_a.first_step()
+        assert all(m.epsilon is not None for _, m in quantized_layers(a))
+        F.cross_entropy(a(batch[0]), batch[1]).backward()
+        sam_a.second_step()
+        loss, out = sam_b.step(lambda: (F.cross_entropy(o := b(batch[0]), batch[1]), o))
+        assert out.shape == (8, 3) and loss.requires_grad is False
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb), na
+
+
+def test_epsilon_follows_the_summed_gradient_of_several_forwards(batch):
+    """A pass may run several forwards (RandBET: clean + faulty loss): the ascent is along the gradient of their
+    summed loss w.r.t. Q(w), i.e. the sum of each forward's gradient."""
+    model = prepared(4, batch)
+    reference = copy.deepcopy(model)
+    sam = SAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05)
+    x2 = batch[0].flip(0)
+    (F.cross_entropy(model(batch[0]), batch[1]) + F.cross_entropy(model(x2), batch[1])).backward()
+    sam._set_epsilon()
+    g1 = first_pass_grads(reference, batch)
+    g2 = first_pass_grads(reference, (x2, batch[1]))
+    total = [a + b for a, b in zip(g1, g2)]
+    norm = torch.sqrt(sum((g**2).sum() for g in total))
+    for (_, m), g in zip(quantized_layers(model), total):
+        torch.testing.assert_close(m.epsilon, 0.05 * g / norm, rtol=RTOL, atol=1e-15)
+    sam.clear()

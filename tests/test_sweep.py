@@ -29,7 +29,7 @@ def summary(out):
 
 
 def mtimes(out):
-    return {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/results.json")}
+    return {p.parent.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("results.json")}
 
 
 @pytest.mark.slow
@@ -54,7 +54,7 @@ def test_resume_runs_only_missing_points(trained_digits, in_tmp):
     before = summary(out)
     result = sweep(out, checkpoint)
     assert mtimes(out) == first, "a finished sweep must run no point again"
-    assert result.output.count("finished before") == 3
+    assert "skip 3 finished rate(s)" in result.output
     victim = sorted(first)[1]
     (out / victim / "results.json").unlink()
     sweep(out, checkpoint)
@@ -63,26 +63,48 @@ def test_resume_runs_only_missing_points(trained_digits, in_tmp):
     assert summary(out) == before
 
 
-def test_changed_settings_rerun_the_point(trained_digits, in_tmp):
+def test_changed_settings_are_refused_and_keep_the_points(trained_digits, in_tmp):
+    """A sweep into a directory made with other fixed settings (more trials) would mix rows made differently in one
+    summary: it is refused in one line, and the finished points stay as they were; a new --out runs it."""
     checkpoint, _ = trained_digits
     out = in_tmp / "s"
     sweep(out, checkpoint)
     first = mtimes(out)
-    runner.invoke(app, ["sweep", "--checkpoint", str(checkpoint), "--bers", BERS, "--trials", "4", "--out", str(out)])
-    assert all(mtimes(out)[k] != v for k, v in first.items()), "more trials must not reuse 3-trial results"
+    assert len(first) == 3 and all(r["status"] == "ok" for r in summary(out))
+    result = runner.invoke(app, ["sweep", "--checkpoint", str(checkpoint), "--bers", BERS, "--trials", "4",
+                                 "--out", str(out)])
+    assert result.exit_code == 2 and "eval.trials=3, not 4" in result.output, result.output
+    assert mtimes(out) == first
+    other = in_tmp / "s4"
+    sweep(other, checkpoint, "--trials", "4")
+    assert [r["trials"] for r in summary(other)] == ["4"] * 3 and all(r["status"] == "ok" for r in summary(other))
+
+
+def test_rate_settings_of_a_finished_point_are_checked_before_reuse(trained_digits, in_tmp):
+    """Without the sweep's record (a directory copied by hand), a point whose results were made with other trials is
+    run again, never reused."""
+    checkpoint, _ = trained_digits
+    out = in_tmp / "s"
+    sweep(out, checkpoint)
+    first = mtimes(out)
+    (out / ".qfi_sweep.json").unlink()
+    sweep(out, checkpoint, "--trials", "4")
+    assert all(mtimes(out)[k] != v for k, v in first.items()), "4-trial points must not reuse 3-trial results"
+    assert [r["trials"] for r in summary(out)] == ["4"] * 3 and all(r["status"] == "ok" for r in summary(out))
 
 
 def test_failing_point_does_not_end_the_sweep(trained_digits, in_tmp):
     checkpoint, _ = trained_digits
     out = in_tmp / "s"
     result = runner.invoke(app, ["sweep", "--checkpoint", str(checkpoint), "--bers", "1e-3", "--trials", "2",
-                                 "--out", str(out), "fault.model=bitflip,no_such_model,stuck_at_1"])
-    assert result.exit_code == 0, result.output
+                                 "--out", str(out), "fault.layers=[conv1],[nomatch*],[fc]"])
+    assert result.exit_code == 2, result.output
+    assert "1 of 3 sweep point(s) failed" in result.output and "match no quantized layer" in result.output
     rows = list(csv.DictReader(open(out / "summary.csv")))
-    status = {r["fault.model"]: r["status"] for r in rows}
-    assert status == {"bitflip": "ok", "no_such_model": "failed", "stuck_at_1": "ok"}
-    failed = json.loads(next(out.glob("*no_such_model*/results.json")).read_text())
-    assert "unknown fault model" in failed["error"]
+    status = {r["fault.layers"]: r["status"] for r in rows}
+    assert status == {"['conv1']": "ok", "['nomatch*']": "failed", "['fc']": "ok"}, status
+    failed = json.loads(next(out.rglob("*nomatch*/**/results.json")).read_text())
+    assert failed["status"] == "failed" and "match no quantized layer" in failed["error"]
 
 
 @pytest.mark.slow
@@ -97,7 +119,7 @@ def test_sweep_trains_each_model_once(in_tmp):
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert len(rows) == 4 and {r["quant.wbits"] for r in rows} == {"4", "8"}
     stamps = [m.stat().st_mtime_ns for m in models]
-    shutil.rmtree(next(out.glob("fault.ber=0.01,quant.wbits=4")))
+    shutil.rmtree(out / "quant.wbits=4" / "fault.ber=0.01")
     assert runner.invoke(app, ["sweep", "--train", "--bers", "1e-3,1e-2", "--trials", "2", "--out", str(out),
                                "quant.wbits=4,8", "train.epochs=1", "train.limit=128", "model.width=4",
                                "device=cpu"]).exit_code == 0

@@ -1,7 +1,9 @@
-"""The one Hydra task function: composes conf/ and dispatches ``command`` to the engine.
+"""The one Hydra task function: composes conf/, reads it into a ``RunConfig`` and dispatches ``command``.
 
-``qfi_cli.cli`` calls ``run(overrides)``; sweeps (``--multirun``) reach the same task function through
-Hydra's launchers (basic, joblib, submitit), which pickle it: it stays at module level.
+``qfi_cli.cli`` calls ``run(overrides)``; sweeps (``--multirun``) reach the same task function through Hydra's
+launchers (basic, joblib, submitit), which pickle it: it stays at module level. Commands are registered by name in
+``COMMANDS`` (``train``, ``inject_eval``); each gets a ``Job`` and owns its output files; this module stamps sweep
+bookkeeping (``point``, ``status``) on what the engine returns.
 """
 
 from __future__ import annotations
@@ -12,23 +14,29 @@ import json
 import re
 import sys
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from qfi_cli.engine.evaluate import RESULTS, check_eval_settings, inject_eval
-from qfi_cli.engine.train import MODEL, train
-from qfi_cli.errors import QfiError
-from qfi_cli.faults import FaultConfig
-from qfi_cli.io import latest_checkpoint, read_json, record_latest, write_json
+from qfi_cli.config import RunConfig
+from qfi_cli.engine.evaluate import inject_eval, rates
+from qfi_cli.engine.train import train
+from qfi_cli.errors import QfiError, first_line
+from qfi_cli.io import latest_checkpoint, load_checkpoint, read_json, record_latest, write_json
+from qfi_cli.layout import LAST as LAST_CHECKPOINT
+from qfi_cli.layout import MODEL, MODELS_DIR, RESULTS, TRAIN_CONFIG
 from qfi_cli.paths import conf_dir
 from qfi_cli.progress import Reporter
+from qfi_cli.registry import Registry
 
-TRAIN_KEYS = ("model", "data", "quant", "sam", "train", "seed", "device")
+TRAIN_KEYS = ("model", "data", "quant", "sam", "train", "seed", "device", "recipe")
+# Keys that may differ from the saved run when resuming it: where and how to run, not what to train.
+RESUME_FREE = ("command", "resume", "overwrite", "device", "checkpoint", "logger")
 
 
 def point_dirname(override_dirname: str) -> str:
@@ -42,16 +50,43 @@ def point_dirname(override_dirname: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname) or "default"
 
 
+def rate_dirname(ber: float | None, count: int | None = None) -> str:
+    """The subdirectory of one rate when a job evaluates several.
+
+    >>> rate_dirname(1e-05), rate_dirname(None, 10)
+    ('fault.ber=1e-05', 'fault.count=10')
+    """
+    return f"fault.ber={ber!r}" if ber is not None else f"fault.count={count}"
+
+
 if not OmegaConf.has_resolver("qfi_point"):
     OmegaConf.register_new_resolver("qfi_point", point_dirname)
 
-# What the last task run in this process produced (the CLI prints it) or the user mistake it hit.
-LAST: dict[str, Any] = {"result": None, "error": None}
+# What the last task run in this process produced (the CLI prints it), the user mistake it hit, and the rows of
+# the last sweep's report (the CLI counts failed points).
+LAST: dict[str, Any] = {"result": None, "error": None, "rows": None, "out_dir": None}
+
+
+@dataclass
+class Job:
+    """What a command knows about its Hydra job."""
+
+    cfg: RunConfig
+    out_dir: Path
+    multirun: bool
+    sweep_dir: Path | None
+    point: dict[str, Any]
+    explicit: dict[str, Any]
+    composed: dict[str, Any]
+    reporter: Reporter = field(default_factory=Reporter)
+
+
+COMMANDS: Registry[Callable[[Job], Any]] = Registry("command")
 
 
 def _overridden(cfg: DictConfig) -> dict[str, Any]:
     """This job's overrides as key -> value read back from the composed config (never from the override text:
-    Hydra normalises ``1e-4`` to ``0.0001``). A config-group choice maps to its ``name``."""
+    Hydra normalises ``1e-4`` to ``0.0001``). A config-group choice maps to its ``name`` (or its section)."""
     values = {}
     for item in HydraConfig.get().overrides.task:
         key = item.split("=", 1)[0].lstrip("+~")
@@ -59,8 +94,8 @@ def _overridden(cfg: DictConfig) -> dict[str, Any]:
             continue
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig):
-            value = value.get("name", key)
-        values[key] = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+            value = value.get("name", OmegaConf.to_container(value, resolve=True))
+        values[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
     return values
 
 
@@ -70,86 +105,224 @@ def _point(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in _overridden(cfg).items() if k not in excluded}
 
 
-def _finished(out_dir: Path, cfg: dict[str, Any], point: dict[str, Any]) -> dict[str, Any] | None:
-    """The point's earlier results when they are complete and were made with the same settings."""
-    try:
-        done = read_json(out_dir / RESULTS)
-    except (OSError, ValueError):
-        return None
-    fault = FaultConfig.from_dict(cfg["fault"]).as_dict()
-    same = (done.get("status") == "ok" and done.get("point") == point and done.get("fault") == fault
-            and done.get("trials") == cfg["eval"]["trials"] and done.get("seed") == cfg["seed"]
-            and len(done.get("accuracies", ())) == done.get("trials"))
-    return done if same else None
+def _select(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
 
 
-def _sweep_model(cfg: dict[str, Any], sweep_dir: Path, reporter: Reporter) -> Path:
+# -------------------------------------------------------------------------------------------------------- train
+
+def _resume_config(job: Job) -> RunConfig:
+    """The saved run's config, with the flags given now checked against it (a contradiction names the key)."""
+    out = job.out_dir
+    if (out / MODEL).is_file():
+        raise QfiError(f"nothing to resume in {out}: it holds a finished run ({MODEL}); start a new run with "
+                       "another --out")
+    if not (out / LAST_CHECKPOINT).is_file():
+        raise QfiError(f"nothing to resume in {out}: no {LAST_CHECKPOINT} (start without --resume)")
+    saved = load_checkpoint(out / LAST_CHECKPOINT, map_location="cpu")["config"]
+    for key, value in job.explicit.items():
+        if key.split(".")[0] in RESUME_FREE:
+            continue
+        now = _select(job.composed, key)
+        was = _select(saved, key)
+        if isinstance(now, dict):  # a group choice: compare the whole section
+            diff = next((k for k in now if now[k] != (was or {}).get(k)), None)
+            if diff is None:
+                continue
+            key, now, was = f"{key}.{diff}", now[diff], (was or {}).get(diff)
+        if now != was:
+            raise QfiError(f"--resume continues the run in {out} as it was started: {key}={now} contradicts its "
+                           f"{key}={was} (drop it, or start a new run with another --out)")
+    effective = {**saved, "device": job.cfg.device, "resume": True, "command": "train",
+                 "paths": {"root": job.cfg.paths.root}}
+    return RunConfig.from_dict(effective)
+
+
+def _train_command(job: Job) -> dict[str, Any]:
+    cfg, out = job.cfg, job.out_dir
+    if cfg.resume:
+        cfg = _resume_config(job)
+    elif not cfg.overwrite:
+        if (out / MODEL).is_file():
+            raise QfiError(f"{out} already holds a finished run ({MODEL}): choose another --out, or pass "
+                           "--overwrite to replace it")
+        if (out / LAST_CHECKPOINT).is_file():
+            raise QfiError(f"{out} holds an interrupted run ({LAST_CHECKPOINT}): pass --resume to continue it, or "
+                           "--overwrite to start over")
+    _snapshot(job, cfg)
+    metrics = train(cfg, out, job.reporter, resume=cfg.resume)
+    record_latest(cfg.paths.root, out / MODEL)
+    return metrics
+
+
+COMMANDS.register("train")(_train_command)
+
+
+# -------------------------------------------------------------------------------------------------- inject-eval
+
+def _sweep_model(cfg: RunConfig, sweep_dir: Path, reporter: Reporter) -> Path:
     """Train the model this point's config describes once per sweep (a lock guards parallel points)."""
-    train_cfg = {k: cfg[k] for k in TRAIN_KEYS}
+    plain = cfg.as_dict()
+    train_cfg = {k: plain[k] for k in TRAIN_KEYS}
+    if cfg.fault.enable_in_training:
+        train_cfg["fault"] = plain["fault"]
     digest = hashlib.sha256(json.dumps(train_cfg, sort_keys=True).encode()).hexdigest()[:12]
-    model_dir = sweep_dir / "models" / digest
+    model_dir = sweep_dir / MODELS_DIR / digest
     model_dir.mkdir(parents=True, exist_ok=True)
     with open(model_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (model_dir / MODEL).is_file():
-            write_json(model_dir / "train_config.json", train_cfg)
-            train({**cfg, "command": "train"}, model_dir, reporter, resume=(model_dir / "last.pt").is_file())
+            write_json(model_dir / TRAIN_CONFIG, train_cfg)
+            run_cfg = RunConfig.from_dict({**plain, "command": "train"})
+            train(run_cfg, model_dir, reporter, resume=(model_dir / LAST_CHECKPOINT).is_file())
     return model_dir / MODEL
 
 
-def _expected(cfg: DictConfig) -> dict[str, Any]:
+def _expected(job: Job) -> dict[str, Any]:
     """What the user asked of the model (``model=lenet5``, ``quant.wbits=4``): the checkpoint must agree."""
     expect = {}
-    for key, value in _overridden(cfg).items():
-        section = key.split(".")[0]
-        if section in ("model", "quant", "sam", "train"):
-            expect[key if "." in key else key + ".name"] = value
+    for key, value in job.explicit.items():
+        if key.split(".")[0] in ("model", "quant", "sam", "train", "recipe"):
+            if isinstance(value, dict):
+                continue
+            expect[key if "." in key or key == "recipe" else key + ".name"] = value
     return expect
 
 
-def _checkpoint(cfg: dict[str, Any]) -> Path:
-    if cfg.get("checkpoint"):
-        return Path(cfg["checkpoint"])
-    return latest_checkpoint(cfg["paths"]["root"])
+def _checkpoint(cfg: RunConfig) -> Path:
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        if path.is_dir():
+            if (path / MODEL).is_file():
+                return path / MODEL
+            raise QfiError(f"--checkpoint {path} is a directory without {MODEL}: pass the model file")
+        return path
+    return latest_checkpoint(cfg.paths.root)
+
+
+def _finished(path: Path, job: Job, cfg: RunConfig, ber: float | None, count: int | None) -> dict[str, Any] | None:
+    """A rate's earlier results when they are complete and were made with the same settings."""
+    try:
+        done = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict):
+        return None
+    fault = cfg.fault.as_dict() | {"ber": ber, "count": count if count is not None else cfg.fault.count}
+    same = (done.get("status") == "ok" and done.get("point") == _rate_point(job, ber, count)
+            and done.get("fault") == fault and done.get("trials") == cfg.eval.trials
+            and done.get("fault_seed") == cfg.eval.fault_seed
+            and isinstance(done.get("accuracies"), list) and len(done["accuracies"]) == done.get("trials"))
+    return done if same else None
+
+
+def _rate_point(job: Job, ber: float | None, count: int | None) -> dict[str, Any]:
+    if ber is None:
+        return {**job.point, "fault.count": count} if "fault.count" in job.point else dict(job.point)
+    return {**job.point, "fault.ber": ber}
+
+
+def _inject_eval_command(job: Job) -> Any:
+    cfg = job.cfg
+    levels = rates(cfg)
+    split = cfg.eval.bers is not None  # one subdirectory per rate
+    paths = [job.out_dir / rate_dirname(b, c) / RESULTS if split else job.out_dir / RESULTS for b, c in levels]
+    done = {i: r for i, ((b, c), p) in enumerate(zip(levels, paths))
+            if job.multirun and (r := _finished(p, job, cfg, b, c)) is not None}
+    todo = [i for i in range(len(levels)) if i not in done]
+    if done:
+        job.reporter.log(f"skip {len(done)} finished rate(s) of {job.out_dir.name}")
+    results = dict(done)
+    if todo:
+        try:
+            checkpoint = (_sweep_model(cfg, job.sweep_dir, job.reporter) if job.multirun and cfg.sweep_train
+                          else _checkpoint(cfg))
+            expect = {} if job.multirun and cfg.sweep_train else _expected(job)
+            part = cfg
+            if split:
+                plain = cfg.as_dict()
+                part = RunConfig.from_dict(plain | {"eval": plain["eval"] | {"bers": [levels[i][0] for i in todo]}})
+            pending = iter(todo)
+
+            def save(res: dict[str, Any]) -> None:  # each rate as soon as it is complete
+                i = next(pending)
+                res.update(status="ok", point=_rate_point(job, *levels[i]))
+                write_json(paths[i], res)
+                results[i] = res
+
+            inject_eval(part, checkpoint, job.reporter, expect, on_result=save)
+        except Exception as e:
+            if job.multirun:  # every rate this job still owed records the failure
+                for i in todo:
+                    if i not in results:
+                        _write_failure(paths[i].parent, e, _rate_point(job, *levels[i]), job.reporter)
+                return None
+            raise
+    ordered = [results[i] for i in range(len(levels))]
+    return ordered if split else ordered[0]
+
+
+COMMANDS.register("inject_eval")(_inject_eval_command)
+
+
+# ---------------------------------------------------------------------------------------------------------- task
+
+def _snapshot(job: Job, cfg: RunConfig) -> None:
+    """``.hydra/config.yaml`` (the effective config) and ``overrides.yaml``, written once the config is valid."""
+    hydra_dir = job.out_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    from qfi_cli.io import atomic_write
+
+    atomic_write(hydra_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg.as_dict())), mode="w")
+    overrides = list(HydraConfig.get().overrides.task)
+    atomic_write(hydra_dir / "overrides.yaml", lambda f: f.write(OmegaConf.to_yaml(overrides)), mode="w")
+
+
+def _write_failure(directory: Path, error: BaseException, point: dict[str, Any], reporter: Reporter) -> None:
+    message = first_line(error)
+    if not isinstance(error, QfiError):
+        message = f"{type(error).__name__}: {message}"
+        traceback.print_exc()
+    write_json(directory / RESULTS, {"status": "failed", "error": message, "point": point})
+    reporter.log(f"point {directory.name} failed: {message}")
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """A run that failed before writing anything leaves no directory behind."""
+    try:
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    except OSError:
+        pass
 
 
 def task(cfg: DictConfig) -> Any:
-    """Run one job: ``train`` or ``inject_eval`` (one sweep point when Hydra runs a multirun)."""
+    """Run one job (one sweep point when Hydra runs a multirun)."""
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     reporter = Reporter(live=None if not multirun or hc.launcher.get("_target_", "").endswith("BasicLauncher")
                         else False)
-    plain = OmegaConf.to_container(cfg, resolve=True)
     point = _point(cfg) if multirun else {}
+    LAST["out_dir"] = str(out_dir)
     try:
-        if cfg.command == "train":
-            result = train(plain, out_dir, reporter, resume=bool(cfg.resume))
-            record_latest(cfg.paths.root, out_dir / MODEL)
-        elif cfg.command == "inject_eval":
-            check_eval_settings(plain)
-            if multirun and (done := _finished(out_dir, plain, point)) is not None:
-                reporter.log(f"skip {out_dir.name}: finished before")
-                LAST["result"] = done
-                return done
-            checkpoint = (_sweep_model(plain, Path(hc.sweep.dir), reporter) if multirun and cfg.sweep_train
-                          else _checkpoint(plain))
-            expect = {} if multirun and cfg.sweep_train else _expected(cfg)
-            result = inject_eval(plain, out_dir, checkpoint, reporter, expect, point)
-        else:
-            raise QfiError(f"unknown command {cfg.command!r}: use train or inject_eval")
+        composed = OmegaConf.to_container(cfg, resolve=True)
+        run_cfg = RunConfig.from_dict(composed)
+        job = Job(run_cfg, out_dir, multirun, Path(hc.sweep.dir) if multirun else None, point, _overridden(cfg),
+                  composed, reporter)
+        if run_cfg.command != "train":
+            _snapshot(job, run_cfg)
+        result = COMMANDS.get(run_cfg.command)(job)
     except Exception as e:  # noqa: BLE001 - a sweep point records any failure and the sweep goes on
         if not multirun:
+            _remove_if_empty(out_dir)
             if isinstance(e, QfiError):
                 LAST["error"] = str(e)
                 return None
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not isinstance(e, QfiError):
-            message = f"{type(e).__name__}: {message}"
-            traceback.print_exc()
-        write_json(out_dir / RESULTS, {"status": "failed", "error": message, "point": point})
-        reporter.log(f"point {out_dir.name} failed: {message}")
+        _write_failure(out_dir, e, point, reporter)
         return None
     LAST["result"] = result
     return result
@@ -163,9 +336,9 @@ def main(cfg: DictConfig) -> Any:
 def run(overrides: list[str], prog: str = "qfi") -> dict[str, Any]:
     """Run the Hydra app with ``overrides`` as its command line (``--multirun`` and ``--cfg job`` included).
 
-    Returns ``LAST`` (result and error of the last task run in this process).
+    Returns ``LAST`` (result and error of the last task run in this process, rows of the last sweep report).
     """
-    LAST.update(result=None, error=None)
+    LAST.update(result=None, error=None, rows=None, out_dir=None)
     saved = sys.argv
     from qfi_cli.validate import split_flags
 
@@ -176,3 +349,6 @@ def run(overrides: list[str], prog: str = "qfi") -> dict[str, Any]:
     finally:
         sys.argv = saved
     return LAST
+
+
+__all__ = ["COMMANDS", "Job", "LAST", "main", "point_dirname", "rate_dirname", "run", "task"]

@@ -1,84 +1,163 @@
 """The ``qfi`` command line: typed options become Hydra overrides for the one task function in ``app``.
 
-Anything after the options is passed to Hydra as it is: overrides (``train.lr=0.05``, ``quant=minmax``) and
-Hydra's own flags (``--cfg job`` prints the composed config).
+Anything after the options is passed to Hydra: overrides (``train.lr=0.05``, ``quant=minmax``) and Hydra's own
+flags (``--cfg job`` prints the composed config). Every user mistake is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
+import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from qfi_cli.errors import QfiError
+from qfi_cli import __version__
+from qfi_cli.errors import QfiError, first_line
+from qfi_cli.layout import POINT_DIR_EXCLUDED
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                   help="qfi: train quantized networks (with SAM) and measure how they survive bit errors "
                        "in their stored weight codes.")
 console = Console()
+errors = Console(stderr=True)
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 LAUNCHERS = {"basic": None, "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
              "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
              "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
              "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
+SWEEP_STATE = ".qfi_sweep.json"  # a sweep directory's fixed settings (what every point shares)
+
+
+@functools.lru_cache(maxsize=None)
+def _default(group_file: str, key: str) -> str:
+    """A default from the shipped config, for help pages (``_default("quant/lsq", "wbits")`` -> ``'8'``)."""
+    from omegaconf import OmegaConf
+
+    from qfi_cli.paths import conf_dir
+
+    value = OmegaConf.load(conf_dir() / f"{group_file}.yaml").get(key)
+    return str(value)
+
 
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides, e.g. train.lr=0.05 quant=minmax; "
                                                                 "or --cfg job to print the composed config.",
                                                            show_default=False)]
-Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: outputs/<command>/<time>).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for python, numpy, torch and the fault patterns.")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory.",
+                                             show_default="outputs/<command>/<time>")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"qfi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                          help="Print qfi's version and exit.")] = None) -> None:
+    """qfi: train quantized networks (with SAM) and measure how they survive bit errors in their stored weights."""
 
 
 def _opt(overrides: list[str], key: str, value: Any) -> None:
     if value is not None:
-        overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+        overrides.append(f"{key}={_quote(str(value).lower() if isinstance(value, bool) else value)}")
+
+
+def _quote(value: Any) -> str:
+    """A value as Hydra's override grammar reads it literally: paths with spaces, quotes, ``~``, ``${...}``, ``=``."""
+    text = str(value)
+    if isinstance(value, (int, float)) or all(c.isalnum() or c in "._-/:" for c in text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def _fail(message: str) -> None:
-    console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+    errors.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
-def _run(overrides: list[str], out: Path | None = None) -> Any:
+def _float_text(name: str, text: str | None) -> float | None:
+    """A float option given as text: decimal or scientific notation; a nonzero value that underflows to 0 is an
+    error (``--ber 1e-400`` is not 0)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        _fail(f"{name} must be a number, got {text!r}")
+    if value == 0 and any(c in "123456789" for c in text.lower().split("e")[0]):
+        _fail(f"{name}={text} is too small for a double-precision number (it would be 0)")
+    if not math.isfinite(value):
+        _fail(f"{name} must be a finite number, got {text}")
+    return value
+
+
+def _run(command: str, ov: list[str], overrides: list[str] | None, out: Path | None,
+         multirun: bool = False) -> Any:
     from qfi_cli.app import run
-    from qfi_cli.validate import check_overrides, check_writable
+    from qfi_cli.validate import check_overrides, check_writable, hydra_flags, quote_values
 
     try:
-        check_overrides(overrides)
+        user = quote_values(list(overrides or []))
+        flags = hydra_flags(user, command)
+        args = ov + user
+        if flags:  # --cfg / --info / --resolve: Hydra prints; a sweep shows its first point's config
+            from qfi_cli.validate import first_values
+            return run([a for a in first_values(args) if a != "--multirun"])
+        composed = check_overrides(args)
+        check_writable(composed["paths"]["root"], "outputs root (paths.root or QFI_OUTPUTS)")
         if out is not None:
             check_writable(out)
-        last = run(overrides)
+        if command == "sweep" and out is not None:
+            _check_sweep_dir(out, args)
+        last = run((["--multirun"] if multirun else []) + args + ([_exclude_fixed(args)] if multirun else []))
     except QfiError as e:
         _fail(str(e))
     if last["error"]:
         _fail(last["error"])
-    return last["result"]
+    return last
 
 
 def _table(title: str, rows: dict[str, Any]) -> None:
     table = Table(title=title, show_header=False)
     for key, value in rows.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value))
     console.print(table)
 
 
 @app.command(context_settings=EXTRA, rich_help_panel="Jobs")
 def train(
-    model: Annotated[Optional[str], typer.Option(help="Model: digits_cnn, lenet5, resnet20, resnet18.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model: digits_cnn, lenet5, resnet20, resnet18, simplenet.",
+                                                 show_default=_default("model/digits_cnn", "name"))] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Data set: digits, mnist, fashion_mnist, cifar10, "
-                                                        "cifar100.")] = None,
-    wbits: Annotated[Optional[int], typer.Option(help="Weight bits: 2..8, or 32 (float).")] = None,
-    abits: Annotated[Optional[int], typer.Option(help="Activation bits: 2..8, or 32 (float).")] = None,
-    rho: Annotated[Optional[float], typer.Option(help="SAM radius; 0 = plain training.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
-    seed: Seed = None,
+                                                        "cifar100.", show_default="digits")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Training recipe (conf/recipe): normal, rquant, clipping, "
+                                                       "randbet, sam, sam_clipping, sam_randbet.",
+                                                  show_default="none: the settings below")] = None,
+    wbits: Annotated[Optional[int], typer.Option(help="Weight bits: 2..8, or 32 (float).",
+                                                 show_default=_default("quant/lsq", "wbits"))] = None,
+    abits: Annotated[Optional[int], typer.Option(help="Activation bits: 2..8, or 32 (float).",
+                                                 show_default=_default("quant/lsq", "abits"))] = None,
+    rho: Annotated[Optional[str], typer.Option(help="SAM radius; 0 = plain training.",
+                                               show_default=_default("sam/sam", "rho"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (0: calibrate only, post-training "
+                                                       "quantization).",
+                                                  show_default=_default("train/default", "epochs"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Training seed (python, numpy, torch, shuffling).",
+                                                show_default="0")] = None,
     out: Out = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last epoch.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out with its own "
+                                                          "settings.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
     overrides: Overrides = None,
 ) -> None:
     """Train a quantized model (SAM on, fault injection off); writes model.pt and metrics.json.
@@ -88,9 +167,10 @@ def train(
     ov = ["command=train"]
     _opt(ov, "model", model)
     _opt(ov, "data", dataset)
+    _opt(ov, "recipe", recipe)
     _opt(ov, "quant.wbits", wbits)
     _opt(ov, "quant.abits", abits)
-    _opt(ov, "sam.rho", rho)
+    _opt(ov, "sam.rho", _float_text("--rho", rho))
     _opt(ov, "train.epochs", epochs)
     _opt(ov, "seed", seed)
     _opt(ov, "hydra.run.dir", out)
@@ -98,19 +178,36 @@ def train(
         if out is None:
             _fail("--resume needs --out DIR: the run directory to continue")
         ov.append("resume=true")
-    metrics = _run(ov + list(overrides or []), out)
+    if overwrite:
+        ov.append("overwrite=true")
+    metrics = _run("train", ov, overrides, out)["result"]
     if metrics:
         _table("qfi train", {k: v for k, v in metrics.items() if k not in ("history",)})
 
 
+def _bers(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    values = [_float_text("--bers", part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        _fail("--bers needs at least one rate, e.g. --bers 1e-5,1e-4,1e-3")
+    return values
+
+
 @app.command("inject-eval", context_settings=EXTRA, rich_help_panel="Jobs")
 def inject_eval(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to evaluate (default: the latest from "
-                                                            "`qfi train`).")] = None,
-    ber: Annotated[Optional[float], typer.Option(help="Bit error rate: each weight bit flips with this "
-                                                      "probability.")] = None,
-    trials: Annotated[Optional[int], typer.Option(help="Independent fault patterns to evaluate.")] = None,
-    seed: Seed = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
+                                                       show_default="the latest from `qfi train`")] = None,
+    ber: Annotated[Optional[str], typer.Option(help="Bit error rate: each weight bit flips with this "
+                                                    "probability.",
+                                               show_default=_default("fault/bitflip", "ber"))] = None,
+    bers: Annotated[Optional[str], typer.Option(help="Several rates in one job, e.g. 1e-5,1e-4,1e-3: one model "
+                                                     "load, nested patterns, one result per rate.",
+                                                show_default=False)] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Independent fault patterns per rate.",
+                                                  show_default="10")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the fault patterns (eval.fault_seed).",
+                                                show_default="0")] = None,
     out: Out = None,
     overrides: Overrides = None,
 ) -> None:
@@ -118,17 +215,26 @@ def inject_eval(
 
     Example: [bold]qfi inject-eval --ber 1e-4 --trials 20 fault=msb[/]
     """
+    if ber is not None and bers is not None:
+        _fail("give --ber or --bers, not both")
     ov = ["command=inject_eval"]
     _opt(ov, "checkpoint", checkpoint.resolve() if checkpoint else None)
-    _opt(ov, "fault.ber", ber)
+    _opt(ov, "fault.ber", _float_text("--ber", ber))
+    if bers is not None:
+        ov.append(f"eval.bers=[{','.join(repr(b) for b in _bers(bers))}]")
     _opt(ov, "eval.trials", trials)
-    _opt(ov, "seed", seed)
+    _opt(ov, "eval.fault_seed", seed)
     _opt(ov, "hydra.run.dir", out)
-    results = _run(ov + list(overrides or []), out)
-    if results:
+    last = _run("inject-eval", ov, overrides, out)
+    results = last["result"]
+    if isinstance(results, list):
+        from qfi_cli.report import aggregate
+
+        aggregate(Path(last["out_dir"]), console)
+    elif results:
         ci = results["accuracy_ci95"]
         _table("qfi inject-eval", {
-            "ber": f"{results['ber']:.3g}", "trials": results["trials"],
+            "ber": "-" if results["ber"] is None else f"{results['ber']:.3g}", "trials": results["trials"],
             "clean accuracy": results["clean_accuracy"],
             "accuracy (mean ± std)": f"{results['accuracy_mean']:.4f} ± {results['accuracy_std']:.4f}",
             "95% CI": "n/a (one trial)" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]",
@@ -140,18 +246,25 @@ def inject_eval(
 
 @app.command(context_settings=EXTRA, rich_help_panel="Jobs")
 def sweep(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to evaluate (default: latest trained).")] = None,
-    bers: Annotated[Optional[str], typer.Option(help="Comma-separated bit error rates, e.g. 1e-5,1e-4,1e-3.")] = None,
-    trials: Annotated[Optional[int], typer.Option(help="Fault patterns per point.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
+                                                       show_default="the latest from `qfi train`")] = None,
+    bers: Annotated[Optional[str], typer.Option(help="Comma-separated bit error rates, e.g. 1e-5,1e-4,1e-3: "
+                                                     "evaluated in one job per model.",
+                                                show_default=False)] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Fault patterns per point.", show_default="10")] = None,
     launcher: Annotated[str, typer.Option(help="Hydra launcher: basic, joblib, submitit_local, submitit_slurm "
                                                "(or slurm: the example in conf/hydra/launcher).")] = "basic",
     out: Out = None,
     train_models: Annotated[bool, typer.Option("--train", help="Train each distinct model of the grid once, "
                                                                "then evaluate it at every BER.")] = False,
-    seed: Seed = None,
+    seed: Annotated[Optional[str], typer.Option(help="Training seed(s) of --train models, e.g. 0,1,2 "
+                                                     "(replicates).", show_default="0")] = None,
+    fault_seed: Annotated[Optional[int], typer.Option("--fault-seed", help="Seed of the fault patterns, shared by "
+                                                                           "every model of the sweep.",
+                                                      show_default="0")] = None,
     overrides: Overrides = None,
 ) -> None:
-    """Sweep inject-eval over a grid (Hydra multirun); writes summary.csv and ber_curve.png.
+    """Sweep inject-eval over a grid (Hydra multirun); writes summary.csv, ber_curve.png and the study table.
 
     Any override can be swept too: [bold]qfi sweep --bers 1e-4,1e-3 --train quant.wbits=4,8 sam.rho=0,0.05[/].
     Running it again into the same --out skips finished points.
@@ -160,38 +273,69 @@ def sweep(
         _fail(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
     if LAUNCHERS[launcher] and importlib.util.find_spec(LAUNCHERS[launcher][0]) is None:
         _fail(f"the {launcher} launcher is not installed: pip install 'qfi[{LAUNCHERS[launcher][1]}]'")
-    ov = ["--multirun", "command=inject_eval", f"hydra/launcher={launcher}"]
+    ov = ["command=inject_eval", f"hydra/launcher={launcher}"]
     _opt(ov, "checkpoint", checkpoint.resolve() if checkpoint else None)
-    _opt(ov, "fault.ber", bers)
+    if bers is not None:
+        ov.append(f"eval.bers=[{','.join(repr(b) for b in _bers(bers))}]")
     _opt(ov, "eval.trials", trials)
     _opt(ov, "seed", seed)
+    _opt(ov, "eval.fault_seed", fault_seed)
     _opt(ov, "hydra.sweep.dir", out)
     if train_models:
         ov.append("sweep_train=true")
-    ov += list(overrides or [])
-    _run(ov + [_exclude_fixed(ov)], out)
+    last = _run("sweep", ov, _group_rates(overrides), out, multirun=True)
+    rows = last.get("rows") or []
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed:
+        _fail(f"{len(failed)} of {len(rows)} sweep point(s) failed (first: {failed[0].get('dir')}: "
+              f"{failed[0].get('error')}); finished points are kept: fix the cause and run the same command again")
+
+
+def _group_rates(overrides: list[str] | None) -> list[str]:
+    """A swept ``fault.ber=a,b,c`` becomes ``eval.bers=[a,b,c]``: every rate of one model in one job."""
+    out = []
+    for arg in overrides or []:
+        key, sep, value = arg.partition("=")
+        if sep and key == "fault.ber" and "," in value and not value.strip().startswith(("[", "range", "choice")):
+            out.append(f"eval.bers=[{value}]")
+        else:
+            out.append(arg)
+    return out
 
 
 def _exclude_fixed(overrides: list[str]) -> str:
     """Hydra override that keeps single-valued settings out of the sweep points' directory names."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from qfi_cli.validate import parsed_overrides
 
-    from qfi_cli.validate import split_flags
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(split_flags(overrides)[0])
-    except HydraException:
-        return "hydra.job.config.override_dirname.exclude_keys=[]"  # reported by check_overrides
-    fixed = {o.get_key_element().lstrip("+~") for o in parsed
+    fixed = {o.get_key_element().lstrip("+~") for o in parsed_overrides(overrides)
              if not o.is_sweep_override() and not o.get_key_element().lstrip("+~").startswith("hydra")}
-    keys = sorted(fixed | {"command", "checkpoint", "sweep_train", "device", "paths.root", "sweep"})
+    keys = sorted(fixed | set(POINT_DIR_EXCLUDED) | {"eval.bers"})
     return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"
+
+
+def _check_sweep_dir(out: Path, args: list[str]) -> None:
+    """A sweep directory holds one sweep: a new sweep into it must share its fixed settings (trials, fault model,
+    fault seed, checkpoint...), so that summary.csv never mixes rows made differently."""
+    from qfi_cli.io import read_json, write_json
+    from qfi_cli.validate import fixed_settings
+
+    state = out / SWEEP_STATE
+    fixed = fixed_settings(args)
+    if state.is_file():
+        try:
+            before = read_json(state)
+        except (OSError, ValueError):
+            before = {}
+        for key in sorted(set(before) | set(fixed)):
+            if before.get(key) != fixed.get(key):
+                _fail(f"{out} holds a sweep made with {key}={json.dumps(before.get(key))}, not "
+                      f"{json.dumps(fixed.get(key))}: use another --out (rows made differently must not mix)")
+    write_json(state, fixed)
 
 
 @app.command(rich_help_panel="Results")
 def report(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (qfi sweep --out).")]) -> None:
-    """Render summary.csv, the table, the paired differences and ber_curve.png again from a sweep directory."""
+    """Render summary.csv, the study table, paired differences and the plots again from a sweep directory."""
     from qfi_cli.report import aggregate
 
     try:
@@ -201,7 +345,20 @@ def report(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (qf
 
 
 def main() -> None:
-    app()
+    """Entry point: Typer's app with usage errors as one line (``error: ...``, exit 2)."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=sys.argv[1:], prog_name="qfi", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        raise SystemExit(0) from None
+    except click.ClickException as e:
+        name = e.ctx.command_path if getattr(e, "ctx", None) is not None else "qfi"
+        errors.print(Text.assemble(("error: ", "bold red"), f"{name}: {first_line(e.format_message())}"),
+                     highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,30 @@
 """Check a command line before Hydra runs it, so that mistakes give one line instead of Hydra's report.
 
-Checks: overrides parse; config-group choices exist (``model=foo``); the overrides compose against ``conf/``
-(unknown keys, wrong types); the output directory can be written.
+Checks: options belong to the command; overrides parse (values the grammar cannot read literally are quoted);
+config-group choices exist (``model=foo``); the overrides compose against ``conf/``; the composed config reads into
+a valid ``RunConfig`` (types, ranges, keys no part of qfi reads), for every value of a swept key; output
+directories can be written.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from qfi_cli.errors import QfiError
+from qfi_cli.config import RunConfig
+from qfi_cli.errors import QfiError, first_line
 from qfi_cli.paths import conf_dir
 
 GROUPS = {"model": "model", "data": "data set", "quant": "quantizer", "sam": "SAM setting", "fault": "fault model",
-          "train": "training recipe", "sweep": "named sweep"}
-# Hydra's flags that take a value in the next token.
+          "train": "training recipe", "sweep": "named sweep", "recipe": "recipe", "experiment": "experiment",
+          "logger": "logger"}
+# Hydra's flags that take a value in the next token, and those that stand alone, that qfi passes through.
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name", "-cn", "--config-dir", "-cd",
                "--experimental-rerun"}
+PASS_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve"}
+# Settings that say where or how a sweep runs, or what it sweeps, rather than how each point is made.
+NOT_FIXED = ("hydra", "sweep", "paths", "device", "command", "eval.bers", "fault.ber", "sweep_train", "logger")
 
 
 def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
@@ -38,81 +46,167 @@ def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     return overrides, flags
 
 
+def hydra_flags(args: list[str], command: str) -> list[str]:
+    """The Hydra flags among ``args`` (``--cfg job``, ``--info``, ``--resolve``); any other option is a mistake.
+
+    >>> hydra_flags(["a=1", "--cfg", "job"], "train")
+    ['--cfg', 'job']
+    >>> hydra_flags(["--epochs", "3"], "inject-eval")
+    Traceback (most recent call last):
+    ...
+    qfi_cli.errors.QfiError: qfi inject-eval has no option --epochs (see qfi inject-eval --help)
+    """
+    _, flags = split_flags(args)
+    for flag in flags:
+        if flag.startswith("-") and flag.split("=")[0] not in PASS_FLAGS:
+            raise QfiError(f"qfi {command} has no option {flag.split('=')[0]} (see qfi {command} --help)")
+    return flags
+
+
+def _quote(text: str) -> str:
+    text = text.replace("'", "\\'").replace("${", "\\${")
+    stripped = text.rstrip("\\")
+    return "'" + stripped + "\\" * (2 * (len(text) - len(stripped))) + "'"
+
+
+def quote_values(args: list[str]) -> list[str]:
+    """Quote the value of a ``key=value`` override that Hydra's grammar cannot read as it is (``~/data``,
+    non-ASCII characters, spaces), so that it arrives as the literal string the user typed.
+
+    >>> quote_values(["data.root=~/data", "train.lr=0.1", "fault.layers=[conv*]", "--cfg", "job"])
+    ["data.root='~/data'", 'train.lr=0.1', 'fault.layers=[conv*]', '--cfg', 'job']
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if arg.startswith("-") or not sep or value[:1] in ("'", '"', "[", "{"):
+            out.append(arg)
+            continue
+        try:
+            parser.parse_overrides([arg])
+            out.append(arg)
+        except HydraException:
+            out.append(f"{key}={_quote(value)}")
+    return out
+
+
+def parsed_overrides(args: list[str]) -> list[Any]:
+    """Hydra's parsed overrides of the ``key=value`` arguments (one-line QfiError when one does not parse)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides(split_flags(args)[0])
+    except HydraException as e:
+        raise QfiError(f"malformed override: {_hydra_message(e)}") from None
+
+
 def group_options(group: str) -> list[str]:
-    """Config files of a group in conf/ (``group_options("quant")`` -> ``['lsq', 'minmax']``)."""
+    """Config files of a group in conf/ (``group_options("quant")`` -> ``['lsq', 'minmax', 'rquant']``)."""
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
-def check_overrides(args: list[str]) -> None:
-    """Raise a one-line QfiError when the overrides in ``args`` do not parse or do not compose."""
+def _values(o: Any) -> list[str]:
+    return list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+
+
+def first_values(args: list[str]) -> list[str]:
+    """``args`` with every swept override replaced by its first value (what ``--cfg job`` shows for a sweep).
+
+    >>> first_values(["a=1,2", "b=3", "--cfg", "job"])
+    ['a=1', 'b=3', '--cfg', 'job']
+    """
+    overrides, flags = split_flags(args)
+    out = []
+    for o, text in zip(parsed_overrides(overrides), overrides):
+        out.append(f"{o.get_key_element()}={_values(o)[0]}" if o.is_sweep_override() else text)
+    return out + flags
+
+
+def _compose(overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides, _ = split_flags(args)
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as e:
-        raise QfiError(f"malformed override: {_first_line(e)}") from None
-    first_values = []
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise QfiError(f"bad override: {_hydra_message(e)}") from None
+    plain.pop("hydra", None)
+    try:
+        return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+    except (OmegaConfBaseException, ValueError) as e:
+        raise QfiError(f"bad setting: {_hydra_message(e)}") from None
+
+
+def check_overrides(args: list[str]) -> dict[str, Any]:
+    """Raise a one-line QfiError unless the overrides in ``args`` parse, compose and read into a valid config;
+    every value of a swept key is checked (with the other keys at their first values). Returns the composed
+    config (first values) as a plain dict."""
+    parsed = parsed_overrides(args)
+    choices: list[list[str]] = []
     for o in parsed:
         key = o.get_key_element().lstrip("+~")
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        values = _values(o)
         if key in GROUPS and not o.is_delete():
             for v in values:
                 if v not in group_options(key):
                     raise QfiError(f"unknown {GROUPS[key]} {v!r} ({key}=); choose one of: "
                                    f"{', '.join(group_options(key))}")
-        if not key.startswith("hydra"):
-            first_values.append(f"{o.get_key_element()}={values[0]}" if values else o.input_line)
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            defaults = compose("config", overrides=[v for v in first_values if v.split("=")[0] in GROUPS])
-            composed = compose("config", overrides=first_values)
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise QfiError(f"bad override: {_first_line(e)}") from None
-    _check_types(defaults, composed)
+        if key.startswith("hydra"):
+            choices.append([])
+        elif o.is_delete():
+            choices.append([o.input_line])
+        else:
+            choices.append([f"{o.get_key_element()}={v}" for v in values])
+    first = [c[0] for c in choices if c]
+    composed = _compose(first)
+    RunConfig.from_dict(composed)
+    for i, options in enumerate(choices):  # each further value of a swept key, the others at their first value
+        for option in options[1:]:
+            RunConfig.from_dict(_compose([option if j == i else c[0] for j, c in enumerate(choices) if c]))
+    return composed
 
 
-def _check_types(defaults, composed, prefix: str = "") -> None:  # noqa: ANN001 - DictConfigs
-    """A number in the shipped config must stay a number (``train.lr=abc`` is a mistake, not a string)."""
-    from omegaconf import DictConfig
-
-    for key in composed:
-        if prefix == "" and key == "hydra":
-            continue
-        new, old = composed._get_node(key), defaults._get_node(key) if key in defaults else None
-        name = f"{prefix}{key}"
-        if isinstance(composed[key], DictConfig) and old is not None and isinstance(defaults[key], DictConfig):
-            _check_types(defaults[key], composed[key], name + ".")
-            continue
-        if old is None or new._is_missing() or new._is_interpolation() or old._is_interpolation():
-            continue
-        was, now = defaults[key], composed[key]
-        if isinstance(was, bool) and now is not None and not isinstance(now, bool):
-            raise QfiError(f"{name} must be true or false, got {now!r}")
-        if isinstance(was, (int, float)) and not isinstance(was, bool) and now is not None \
-                and (isinstance(now, bool) or not isinstance(now, (int, float))):
-            raise QfiError(f"{name} must be a number, got {now!r}")
-        if isinstance(was, int) and not isinstance(was, bool) and isinstance(now, float) and not now.is_integer():
-            raise QfiError(f"{name} must be a whole number, got {now!r}")
+def fixed_settings(args: list[str]) -> dict[str, Any]:
+    """The settings every point of a sweep shares (flattened dotted keys), without what is swept and without
+    where it runs: a sweep directory keeps them to refuse a later sweep that would mix other rows in."""
+    swept = {o.get_key_element().lstrip("+~") for o in parsed_overrides(args) if o.is_sweep_override()}
+    composed = _compose([a for a in first_values(split_flags(args)[0]) if not a.startswith("hydra")])
+    flat = dict(_flatten(composed))
+    return {k: v for k, v in flat.items()
+            if not any(k == s or k.startswith(s + ".") for s in (*swept, *NOT_FIXED))}
 
 
-def check_writable(directory: str | Path) -> None:
+def _flatten(d: dict[str, Any], prefix: str = "") -> Any:
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def check_writable(directory: str | Path, what: str = "--out") -> None:
     """Raise a one-line QfiError unless ``directory`` can be created and written."""
-    path = Path(directory)
+    path = Path(directory).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        raise QfiError(f"cannot write to {path}: {e.strerror or e}; choose another --out") from None
+        raise QfiError(f"cannot write to {path}: {e.strerror or e}; choose another {what}") from None
 
 
-def _first_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    text = lines[0] if lines else type(e).__name__
+def _hydra_message(e: Exception) -> str:
+    text = first_line(e)
     if text.startswith("Could not override") and "+" not in text:
         text += " (no such key: check the spelling, or add a new key with +key=value)"
     return text
+

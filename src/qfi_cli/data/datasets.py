@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from qfi_cli.data.tensors import InMemoryDataset
-from qfi_cli.errors import QfiError
+from qfi_cli.errors import QfiError, first_line
 from qfi_cli.registry import Registry
 
 Loader = Callable[[str | None], InMemoryDataset]
@@ -60,10 +60,6 @@ def load_dataset(name: str, root: str | None = None, device: str | torch.device 
         raise QfiError(f"device {dev} was asked for, but CUDA is not available here")
     dataset = loader(None if root is None else os.path.expanduser(str(root)))
     return dataset.to(dev)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _check_files(name: str, root: str | None, folder: str, files: tuple[str, ...], how: str) -> str:
@@ -125,7 +121,7 @@ def _load_mnist_like(name: str, cls_name: str, root: str | None, stats: Stats) -
     try:
         train, test = (cls(root, train=t, download=False) for t in (True, False))
     except Exception as err:  # a truncated or malformed file: torchvision asserts or raises
-        raise QfiError(f"{name} files under {root} could not be read: {_one_line(err)}") from err
+        raise QfiError(f"{name} files under {root} could not be read: {first_line(err)}") from err
     return InMemoryDataset(
         name=name,
         x_train=train.data.to(torch.uint8).unsqueeze(1).contiguous(),
@@ -182,7 +178,7 @@ def _load_cifar(name: str, base_name: str, root: str | None, num_classes: int, s
     try:
         train, test = (cls(root, train=t, download=False) for t in (True, False))
     except Exception as err:  # a truncated or malformed pickle
-        raise QfiError(f"{name} files under {root} could not be read: {_one_line(err)}") from err
+        raise QfiError(f"{name} files under {root} could not be read: {first_line(err)}") from err
 
     def images(data: np.ndarray) -> torch.Tensor:  # torchvision gives (N, 32, 32, 3) HWC uint8
         return torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from qfi_cli.config import RunConfig
 from qfi_cli.data import InMemoryDataset
-from qfi_cli.errors import QfiError
-from qfi_cli.models import build_model
+from qfi_cli.errors import QfiError, first_line
+from qfi_cli.models import build_model, input_size
 from qfi_cli.quant import quantize_model
 
 
@@ -38,14 +39,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_quantized_model(cfg: dict[str, Any], data: InMemoryDataset) -> nn.Module:
-    """The quantized model that ``cfg['model']`` and ``cfg['quant']`` describe, for ``data``'s shapes."""
-    model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
-    model = build_model(cfg["model"]["name"], num_classes=data.num_classes, in_channels=data.in_channels,
-                        **model_cfg)
-    q = cfg["quant"]
-    return quantize_model(model, q["name"], wbits=q["wbits"], abits=q["abits"], per_channel=q["per_channel"],
-                          first_last_bits=q["first_last_bits"])
+def build_quantized_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset) -> nn.Module:
+    """The quantized model that ``cfg.model`` and ``cfg.quant`` describe, for ``data``'s shapes.
+
+    A model that does not fit the data's inputs (LeNet-5 on 8x8 digits) is a one-line QfiError saying what it needs.
+    """
+    cfg = RunConfig.from_dict(cfg)
+    name = cfg.model["name"]
+    model = build_model(name, num_classes=data.num_classes, in_channels=data.in_channels,
+                        **{k: v for k, v in cfg.model.items() if k != "name"})
+    x = next(data.batches("test", 1))[0]
+    try:  # the float model, in eval mode: no quantizer initialises on this sample, no statistic moves
+        with torch.no_grad():
+            model.eval()(x)
+    except RuntimeError as e:
+        needs = input_size(name)
+        shape = "x".join(str(d) for d in x.shape[1:])
+        raise QfiError(f"model {name} does not fit {cfg.data.name}'s {shape} inputs ({first_line(e)})"
+                       + (f": {name} needs {needs}x{needs} inputs" if needs else "")) from None
+    model.train()
+    q = cfg.quant
+    model = quantize_model(model, q.name, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
+                           first_last_bits=q.first_last_bits)
+    return model
 
 
 @torch.no_grad()

@@ -1,27 +1,44 @@
-"""``qfi train``: quantization-aware training with SAM on the quantized weights (injection off by default)."""
+"""``qfi train``: quantization-aware training with SAM on the quantized weights (injection off by default).
+
+Where training meets fault injection, this module decides (SAM knows nothing of faults):
+
+* ``train.bet.mode=random`` (RandBET, Stutz et al.): each step's objective is the clean loss plus the loss under a
+  fresh random pattern at rate ``train.bet.ber``, once the previous step's clean loss is below
+  ``train.bet.start_loss``; the faulty loss reaches the weights through the straight-through gradient;
+* ``fault.enable_in_training=true`` (the seed's rule 4): every training forward sees faults (no clean term);
+
+in both, step ``k`` has its own pattern, reproducible from (seed, k), and both passes of a SAM step see it; SAM's
+ascent follows the gradient at the clean quantized weights. ``train.clip_weights`` clamps the float weights of
+the quantized layers to ``[-w_max, w_max]`` after every optimizer step.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from qfi_cli.config import RunConfig
 from qfi_cli.data import load_dataset
 from qfi_cli.engine.common import build_quantized_model, predict_correct, resolve_device, seed_everything
+from qfi_cli.engine.sharpness import sharpness
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultConfig, FaultInjector
 from qfi_cli.io import load_checkpoint, save_checkpoint, write_json
+from qfi_cli.layout import LAST, METRICS, MODEL
 from qfi_cli.optim import SAM
+from qfi_cli.optim.sam import frozen_bn_stats
 from qfi_cli.progress import Reporter
-from qfi_cli.quant import calibrate
+from qfi_cli.quant import calibrate, quantized_layers
 
-LAST = "last.pt"
-MODEL = "model.pt"
-METRICS = "metrics.json"
+log = logging.getLogger(__name__)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
@@ -29,48 +46,76 @@ def _scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     if kind == "step":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(epochs * 0.5), int(epochs * 0.75)], 0.1)
-    if kind == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise QfiError(f"unknown train.schedule {kind!r}; choose one of: cosine, step, none")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def train(cfg: dict[str, Any], out_dir: str | Path, reporter: Reporter | None = None,
+def _training_injectors(cfg: RunConfig, model: torch.nn.Module) -> tuple[FaultInjector | None, FaultInjector | None]:
+    """(injector of ``fault.enable_in_training``, RandBET's injector): at most one of them."""
+    faulty = cfg.fault.enable_in_training
+    bet = cfg.train.bet.mode == "random"
+    if faulty and bet:
+        raise QfiError("fault.enable_in_training=true and train.bet.mode=random both inject faults during "
+                       "training: use one (RandBET adds a faulty loss to the clean one)")
+    if faulty:
+        injector = FaultInjector(model, cfg.fault, seed=cfg.seed)
+        if cfg.sam.rho > 0:
+            msg = ("fault injection is on during SAM training: SAM's ascent uses the clean quantized weight's "
+                   "gradient, and both passes of each step see the same fault pattern")
+            log.warning(msg)
+            warnings.warn(msg, stacklevel=3)
+        return injector, None
+    if bet:
+        return None, FaultInjector(model, FaultConfig(ber=cfg.train.bet.ber, enable_in_training=True,
+                                                      enable_in_inference=False), seed=cfg.seed)
+    return None, None
+
+
+def clip_weights(model: torch.nn.Module, w_max: float) -> None:
+    """Clamp the float weights of every quantized layer to ``[-w_max, w_max]`` (in place).
+
+    >>> from torch import nn
+    >>> from qfi_cli.quant import quantize_model
+    >>> m = quantize_model(nn.Sequential(nn.Linear(2, 2)))
+    >>> with torch.no_grad(): _ = m[0].weight.fill_(3.0)
+    >>> clip_weights(m, 0.5); m[0].weight.abs().max().item()
+    0.5
+    """
+    with torch.no_grad():
+        for _, m in quantized_layers(model):
+            m.weight.clamp_(-w_max, w_max)
+
+
+def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Reporter | None = None,
           resume: bool = False) -> dict[str, Any]:
     """Train the quantized model that ``cfg`` describes; write ``model.pt`` and ``metrics.json`` to ``out_dir``.
 
-    ``cfg`` is the composed config as a plain dict (see ``conf/config.yaml``). With ``resume``, training
-    continues from ``out_dir/last.pt`` (written atomically after every epoch) and ends with the same weights as
-    an uninterrupted run. Example (``cfg`` as composed from conf/, e.g. ``.hydra/config.yaml`` of a run)::
+    ``cfg`` is the composed config (a ``RunConfig`` or its plain dict, see ``conf/config.yaml``). With ``resume``,
+    training continues from ``out_dir/last.pt`` (written atomically after every epoch) and ends with the same
+    weights as an uninterrupted run. ``train.epochs=0`` is post-training quantization: calibration only. Example
+    (``cfg`` as composed from conf/, e.g. ``.hydra/config.yaml`` of a run)::
 
         metrics = train(cfg, "runs/w4")   # -> runs/w4/model.pt, runs/w4/metrics.json
     """
+    cfg = RunConfig.from_dict(cfg)
     reporter = reporter or Reporter()
     out_dir = Path(out_dir)
-    tcfg = cfg["train"]
-    epochs = int(tcfg["epochs"])
-    if epochs < 1:
-        raise QfiError(f"train.epochs must be >= 1, got {epochs}")
+    tcfg = cfg.train
+    epochs = tcfg.epochs
     start_time = time.perf_counter()
-    device = resolve_device(cfg["device"])
-    seed_everything(int(cfg["seed"]))
-    data = load_dataset(cfg["data"]["name"], cfg["data"].get("root"), device)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = load_dataset(cfg.data.name, cfg.data.root, device)
     model = build_quantized_model(cfg, data).to(device)
-    limit = tcfg.get("limit")
-    calibrate(model, next(data.batches("train", int(tcfg["batch_size"]), limit=limit))[0])
-    base = torch.optim.SGD(model.parameters(), lr=float(tcfg["lr"]), momentum=float(tcfg["momentum"]),
-                           weight_decay=float(tcfg["weight_decay"]), nesterov=bool(tcfg.get("nesterov", False)))
-    scheduler = _scheduler(base, tcfg["schedule"], epochs)
-    fault = FaultConfig.from_dict(cfg["fault"])
-    injector = FaultInjector(model, fault, seed=int(cfg["seed"])) if fault.enable_in_training else None
-    scfg = cfg["sam"]
-    sam = SAM(model, base, rho=float(scfg["rho"]), adaptive=bool(scfg["adaptive"]), eta=float(scfg["eta"]),
-              grad_clip=tcfg.get("grad_clip"), injector=injector)
-    generator = torch.Generator(device=device).manual_seed(int(cfg["seed"]))
+    calibrate(model, next(data.batches("train", tcfg.batch_size, limit=tcfg.limit))[0])
+    base = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
+                           nesterov=tcfg.nesterov)
+    scheduler = _scheduler(base, tcfg.schedule, epochs)
+    faulty, bet = _training_injectors(cfg, model)
+    sam = SAM(model, base, rho=cfg.sam.rho, adaptive=cfg.sam.adaptive, eta=cfg.sam.eta, grad_clip=tcfg.grad_clip)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
-    start_epoch, history, prior_seconds = 0, [], 0.0
+    start_epoch, history, prior_seconds, bet_on, last_clean = 0, [], 0.0, False, math.inf
     if resume:
-        if not (out_dir / LAST).is_file():
-            raise QfiError(f"nothing to resume in {out_dir}: no {LAST} (start without --resume)")
         state = load_checkpoint(out_dir / LAST, map_location=device)
         model.load_state_dict(state["state_dict"])
         base.load_state_dict(state["optimizer"])
@@ -79,26 +124,42 @@ def train(cfg: dict[str, Any], out_dir: str | Path, reporter: Reporter | None = 
         torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch, history = int(state["epoch"]), list(state["history"])
         prior_seconds = float(state["seconds"])
+        bet_on, last_clean = bool(state.get("bet_on", False)), float(state.get("last_clean_loss", math.inf))
         reporter.log(f"resuming from epoch {start_epoch} of {epochs}")
 
-    batch_size = int(tcfg["batch_size"])
-    steps = data.num_batches("train", batch_size, limit=limit)
+    batch_size = tcfg.batch_size
+    steps = data.num_batches("train", batch_size, limit=tcfg.limit)
     with reporter.task("train", total=(epochs - start_epoch) * steps) as advance:
         for epoch in range(start_epoch, epochs):
             model.train()
             loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-            for x, y in data.batches("train", batch_size, shuffle=True, generator=generator, augment=True,
-                                     limit=limit):
-                logits_box: list[torch.Tensor] = []
+            for i, (x, y) in enumerate(data.batches("train", batch_size, shuffle=True, generator=generator,
+                                                    augment=True, limit=tcfg.limit)):
+                step = epoch * steps + i
+                bet_on = bet_on or (bet is not None and last_clean < tcfg.bet.start_loss)
+                with ExitStack() as stack:
+                    if faulty is not None:
+                        stack.enter_context(faulty.step(step))
+                    if bet is not None:
+                        stack.enter_context(bet.step(step))
 
-                def loss_fn() -> torch.Tensor:
-                    logits = model(x)
-                    logits_box.append(logits.detach())
-                    return F.cross_entropy(logits, y)
+                    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+                        with bet.disabled() if bet is not None else nullcontext():
+                            logits = model(x)
+                            loss = F.cross_entropy(logits, y)
+                        if bet_on:  # RandBET: plus the loss under this step's random pattern (BN statistics kept)
+                            with frozen_bn_stats(model):
+                                loss = loss + tcfg.bet.weight * F.cross_entropy(model(x), y)
+                        return loss, logits
 
-                loss = sam.step(loss_fn)
+                    loss, logits = sam.step(objective)
+                    clean_loss = F.cross_entropy(logits.detach(), y) if bet is not None else None
+                if tcfg.clip_weights is not None:
+                    clip_weights(model, tcfg.clip_weights)
+                if clean_loss is not None:
+                    last_clean = float(clean_loss)
                 loss_sum += loss * len(y)
-                correct += (logits_box[0].argmax(1) == y).sum()
+                correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
                 advance(1, "")
             scheduler.step()
@@ -106,23 +167,33 @@ def train(cfg: dict[str, Any], out_dir: str | Path, reporter: Reporter | None = 
             if not math.isfinite(train_loss):
                 raise QfiError(f"training diverged at epoch {epoch + 1} (loss {train_loss}): lower train.lr or rho")
             model.eval()
-            correct_test = predict_correct(model, data, int(cfg["eval"]["batch_size"]))[0]
+            correct_test = predict_correct(model, data, cfg.eval.batch_size)[0]
             test_acc = int(correct_test.sum()) / correct_test.numel()
             history.append({"epoch": epoch + 1, "train_loss": train_loss,
                             "train_accuracy": float(correct) / seen, "test_accuracy": test_acc})
             advance(0, f"epoch {epoch + 1}/{epochs} loss {train_loss:.4f} test acc {test_acc:.4f}")
-            save_checkpoint(out_dir / LAST, model.state_dict(), cfg, epoch=epoch + 1, history=history,
+            save_checkpoint(out_dir / LAST, model.state_dict(), cfg.as_dict(), epoch=epoch + 1, history=history,
                             optimizer=base.state_dict(), scheduler=scheduler.state_dict(),
                             generator=generator.get_state(), torch_rng=torch.get_rng_state(),
-                            seconds=prior_seconds + time.perf_counter() - start_time)
-    if injector is not None:
-        injector.detach()
-    last = history[-1]
+                            seconds=prior_seconds + time.perf_counter() - start_time, bet_on=bet_on,
+                            last_clean_loss=last_clean)
+    for injector in (faulty, bet):
+        if injector is not None:
+            injector.detach()
+    sam.clear()
+    model.eval()
+    if history:
+        last = history[-1]
+    else:  # post-training quantization: calibrated, not trained
+        correct_test = predict_correct(model, data, cfg.eval.batch_size)[0]
+        last = {"test_accuracy": int(correct_test.sum()) / correct_test.numel(), "train_loss": None,
+                "train_accuracy": None}
     metrics = {"test_accuracy": last["test_accuracy"], "train_loss": last["train_loss"],
                "train_accuracy": last["train_accuracy"], "epochs": epochs,
+               **sharpness(model, data, rho=tcfg.sharpness_rho, batch_size=tcfg.sharpness_batch, seed=cfg.seed),
                "seconds": round(prior_seconds + time.perf_counter() - start_time, 3), "device": str(device),
                "history": history}
-    save_checkpoint(out_dir / MODEL, model.state_dict(), cfg, metrics={k: v for k, v in metrics.items()
-                                                                       if k != "history"})
+    save_checkpoint(out_dir / MODEL, model.state_dict(), cfg.as_dict(), metrics={k: v for k, v in metrics.items()
+                                                                                 if k != "history"})
     write_json(out_dir / METRICS, metrics)
     return metrics

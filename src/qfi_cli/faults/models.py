@@ -2,16 +2,16 @@
 
 ``bitflip``: every exposed bit flips independently with probability ``ber``. ``stuck_at_0`` / ``stuck_at_1``:
 every exposed bit is stuck at 0 / 1 with probability ``ber`` (a bit already at that value does not change).
-``bitflip_count``: exactly ``count`` distinct exposed bits of the whole model flip.
+``bitflip_count``: exactly ``count`` distinct exposed bits of the whole model flip (``ber`` is null).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
-from qfi_cli.errors import QfiError
 from qfi_cli.registry import Registry
+from qfi_cli.typed import require, section
 
 
 @dataclass(frozen=True)
@@ -36,19 +36,22 @@ PERSISTENCE = ("trial", "forward")
 class FaultConfig:
     """What to inject, where and when.
 
-    ``bits``: allowed bit positions (0 = LSB; negative counts from the MSB, so ``[-1]`` is the sign bit at any
-    width); ``layers``: fnmatch patterns of layer names; ``persistence``: ``trial`` (one pattern per trial, as
-    memory faults are) or ``forward`` (a new pattern at every forward: transient faults).
+    ``ber``: the bit error rate (``null`` for ``bitflip_count``, which flips exactly ``count`` bits); ``bits``:
+    allowed bit positions (0 = LSB; negative counts from the MSB, so ``[-1]`` is the top bit at any width);
+    ``layers``: fnmatch patterns of layer names (one string is one pattern); ``persistence``: ``trial`` (one
+    pattern per trial, as memory faults are) or ``forward`` (a new pattern at every forward: transient faults).
 
     >>> FaultConfig(ber=1e-3, bits=[-1]).validated().fault_model.mode
     'flip'
+    >>> FaultConfig.from_dict({"layers": "conv*", "bits": 7}).layers
+    ['conv*']
     """
 
     model: str = "bitflip"
-    ber: float = 0.0
+    ber: Optional[float] = 0.0
     count: int = 0
-    bits: list[int] | None = None
-    layers: list[str] | None = None
+    bits: Optional[list[int]] = None
+    layers: Optional[list[str]] = None
     target: str = "weights"
     persistence: str = "trial"
     enable_in_training: bool = False
@@ -56,25 +59,31 @@ class FaultConfig:
     fault_model: FaultModel = field(init=False, repr=False, compare=False, default=FaultModel("flip"))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FaultConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "fault_model"}
-        return cls(**known).validated()
+    def from_dict(cls, d: dict[str, Any], path: str = "fault") -> "FaultConfig":
+        """Read (types checked, unknown keys refused) and validate a ``fault`` section."""
+        return section(cls, d, path)
 
     def validated(self) -> "FaultConfig":
         self.fault_model = FAULT_MODELS.get(self.model)
-        if not 0.0 <= float(self.ber) <= 1.0:
-            raise QfiError(f"ber must lie in [0, 1], got {self.ber}")
-        self.ber = float(self.ber)
-        if int(self.count) < 0:
-            raise QfiError(f"fault count must be >= 0, got {self.count}")
-        if self.target not in TARGETS:
-            raise QfiError(f"fault target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if self.persistence not in PERSISTENCE:
-            raise QfiError(f"fault persistence must be one of {', '.join(PERSISTENCE)}, got {self.persistence!r}")
-        if self.fault_model.counted and self.target != "weights":
-            raise QfiError("bitflip_count applies to weights only: set fault.target=weights")
-        self.bits = None if self.bits is None else [int(b) for b in self.bits]
-        self.layers = None if self.layers is None else [str(p) for p in self.layers]
+        if self.fault_model.counted:
+            require(self.ber is None, f"fault.model={self.model} flips exactly fault.count bits, so a rate does not "
+                                      f"apply: use fault=count (or set fault.ber=null), or fault=bitflip for a rate")
+        else:
+            require(self.ber is not None, "ber must be set (a number in [0, 1])")
+            require(0.0 <= float(self.ber) <= 1.0, f"ber must lie in [0, 1], got {self.ber}")
+            self.ber = float(self.ber)
+        require(int(self.count) >= 0, f"fault count must be >= 0, got {self.count}")
+        require(self.target in TARGETS, f"fault target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        require(self.persistence in PERSISTENCE,
+                f"fault persistence must be one of {', '.join(PERSISTENCE)}, got {self.persistence!r}")
+        require(not (self.fault_model.counted and self.target != "weights"),
+                "bitflip_count applies to weights only: set fault.target=weights")
+        if self.bits is not None:
+            self.bits = [int(b) for b in self.bits]
+            require(len(self.bits) > 0, "fault.bits must name at least one bit position (or be null for all)")
+        if self.layers is not None:
+            self.layers = [str(p) for p in (self.layers if isinstance(self.layers, list) else [self.layers])]
+            require(len(self.layers) > 0, "fault.layers must name at least one pattern (or be null for all)")
         return self
 
     def as_dict(self) -> dict[str, Any]:

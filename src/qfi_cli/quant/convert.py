@@ -51,5 +51,9 @@ def calibrate(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def weight_bits_total(model: nn.Module) -> int:
-    """Number of stored weight bits exposed to faults: sum of numel * wbits over quantized layers below 32 bits."""
-    return sum(m.weight.numel() * m.wbits for _, m in quantized_layers(model) if m.wbits < 32)
+    """Number of stored weight bits of the quantized layers: sum of numel * wbits (32-bit weights are fp32).
+
+    >>> weight_bits_total(quantize_model(nn.Sequential(nn.Linear(4, 2, bias=False)), wbits=4, first_last_bits=None))
+    32
+    """
+    return sum(m.weight.numel() * m.wbits for _, m in quantized_layers(model))

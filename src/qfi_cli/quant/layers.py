@@ -1,24 +1,32 @@
 """QuanConv2d and QuanLinear: layers that compute on quantized weights (and activations).
 
-Each layer calls ``self.quan_w_fn(weight, wbits)`` and, for its input, ``self.quan_a_fn(x, abits,
-is_activation=True)``; a fault injector may wrap either function (see ``qfi_cli.faults``). For SAM the
-layer keeps the quantized weight of the last training forward in ``quantized_weight`` (its ``.grad`` is
-retained) and adds ``epsilon`` to it while SAM's second pass runs. ``frozen_weight``, when set, replaces
-the quantizer call: evaluation quantizes (and injects) once per trial and reuses the result for every batch.
+A layer calls ``self.quan_w_fn.quantize(weight, wbits)`` and, for its input, ``self.quan_a_fn.quantize(x, abits,
+is_activation=True)``; each returns ``Quantized(value, encoding)``. Two explicit slots let fault injection in without
+touching the quantizers: ``weight_fault`` and ``input_fault``, each ``None`` or a callable ``(value, encoding) ->
+value`` that the layer applies to the quantized tensor (``qfi_cli.faults.FaultInjector`` sets and clears them).
+
+For SAM, while ``keep_quantized`` is set the layer appends the clean quantized weight of each training forward to
+``quantized_weights`` (gradients retained; a fault hook's straight-through output passes its gradient to it) and
+adds ``epsilon`` to the weight it computes with. ``frozen_weight``, when set, replaces the quantizer call:
+evaluation quantizes once and reuses the result for every batch (see ``frozen_weights``).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qfi_cli.quant.encoding import Encoding
+
+FaultHook = Callable[[torch.Tensor, Encoding], torch.Tensor]
+
 
 class QuantizedLayerMixin:
-    """What QuanConv2d and QuanLinear share: quantizers, bit widths, SAM's epsilon, frozen weights."""
+    """What QuanConv2d and QuanLinear share: quantizers, bit widths, fault slots, SAM's epsilon, frozen weights."""
 
     quan_w_fn: nn.Module
     quan_a_fn: nn.Module
@@ -28,27 +36,36 @@ class QuantizedLayerMixin:
     def _init_quant(self, quan_w_fn: nn.Module, quan_a_fn: nn.Module, wbits: int, abits: int) -> None:
         self.quan_w_fn, self.quan_a_fn = quan_w_fn, quan_a_fn
         self.wbits, self.abits = int(wbits), int(abits)
+        self.weight_fault: Optional[FaultHook] = None
+        self.input_fault: Optional[FaultHook] = None
         self.epsilon: torch.Tensor | None = None
+        self.keep_quantized = False
+        self.quantized_weights: list[torch.Tensor] = []
         self.frozen_weight: torch.Tensor | None = None
-        self.quantized_weight: torch.Tensor | None = None
+        self.frozen_encoding: Encoding | None = None
+
+    def quantize_weight_clean(self) -> tuple[torch.Tensor, Encoding]:
+        """Q(w) and its encoding, without faults."""
+        return self.quan_w_fn.quantize(self.weight, self.wbits)
+
+    def weight_with_faults(self) -> torch.Tensor:
+        """Q(w) with this layer's weight faults (when a hook is set), before SAM's epsilon."""
+        w_q, encoding = self.quantize_weight_clean()
+        if self.keep_quantized and self.training and w_q.requires_grad:
+            w_q.retain_grad()
+            self.quantized_weights.append(w_q)  # the clean Q(w): SAM ascends along its gradient (seed's solution C)
+        return w_q if self.weight_fault is None else self.weight_fault(w_q, encoding)
 
     def quantize_weight(self) -> torch.Tensor:
-        """The weight this forward computes with: Q(w) (maybe faulty), plus SAM's epsilon when set."""
-        if self.frozen_weight is not None:
-            w_q = self.frozen_weight
-        else:
-            w_q = self.quan_w_fn(self.weight, self.wbits)
-            if self.training and w_q.requires_grad:
-                # With an injector attached, SAM must see the clean quantized weight (the seed's solution C).
-                clean = self.__dict__.pop("clean_weight", None)
-                self.quantized_weight = clean if clean is not None else w_q
-                self.quantized_weight.retain_grad()
-        if self.epsilon is not None:
-            w_q = w_q + self.epsilon
-        return w_q
+        """The weight this forward computes with: the frozen weight or Q(w) (maybe faulty), plus SAM's epsilon."""
+        w = self.frozen_weight if self.frozen_weight is not None else self.weight_with_faults()
+        return w if self.epsilon is None else w + self.epsilon
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.abits >= 32 else self.quan_a_fn(x, self.abits, is_activation=True)
+        if self.abits >= 32:
+            return x
+        x_q, encoding = self.quan_a_fn.quantize(x, self.abits, is_activation=True)
+        return x_q if self.input_fault is None else self.input_fault(x_q, encoding)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", wbits={self.wbits}, abits={self.abits}"
@@ -112,21 +129,25 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, QuantizedLayerMixin]]:
 
 @contextmanager
 def frozen_weights(model: nn.Module) -> Iterator[None]:
-    """Quantize (and, with an injector attached, inject) every layer's weight once; reuse it inside the block.
+    """Quantize every layer's weight once (clean) and reuse it inside the block; ``frozen_encoding`` says how
+    it is stored. Fault injectors change these frozen weights in place for one trial and undo it
+    (``FaultInjector.trial``), so the block quantizes once per evaluation, whatever the number of trials.
 
     >>> from qfi_cli.quant.quantizers import MinMaxQuantizer
     >>> fc = QuanLinear.from_float(nn.Linear(8, 3), MinMaxQuantizer(), MinMaxQuantizer(), 8, 32).eval()
     >>> with frozen_weights(fc):
-    ...     fc.frozen_weight is not None
-    True
+    ...     fc.frozen_weight is not None, fc.frozen_encoding.bits
+    (True, 8)
     """
     layers = [m for _, m in quantized_layers(model)]
     try:
         with torch.no_grad():
             for m in layers:
                 m.frozen_weight = None
-                m.frozen_weight = m.quan_w_fn(m.weight, m.wbits).detach()
+                w_q, m.frozen_encoding = m.quantize_weight_clean()
+                m.frozen_weight = w_q.detach().clone()  # ours to change in place (a pass-through returns the weight)
         yield
     finally:
         for m in layers:
             m.frozen_weight = None
+            m.frozen_encoding = None

@@ -1,10 +1,14 @@
-"""Quantizers: LSQ (learned step size) and symmetric min-max, per-tensor or per-channel.
+"""Quantizers: LSQ (learned step size), symmetric min-max (per tensor or per channel) and RQuant (asymmetric,
+unsigned codes).
 
-A quantizer is called as ``q(x, bits, is_activation=False)`` and returns the fake-quantized tensor
-``codes * scale`` with straight-through gradients. After each call it keeps ``last_scale`` (broadcastable
-to ``x``) and ``last_signed``, so that the integer codes of what it quantized are ``round(x_q / last_scale)``:
-signed codes live in k-bit two's complement ``[-2**(k-1), 2**(k-1) - 1]``, unsigned ones in ``[0, 2**k - 1]``.
-``bits >= 32`` is a float pass-through.
+``q.quantize(x, bits, is_activation=False)`` returns ``Quantized(value, encoding)``: the fake-quantized tensor
+``(codes - zero_point) * scale`` with straight-through gradients, and the ``Encoding`` record saying how it is
+stored (scale, zero point, signedness, bits; see ``qfi_cli.quant.encoding``). Calling ``q(x, bits)`` returns the
+value alone. Signed codes live in k-bit two's complement ``[-2**(k-1), 2**(k-1) - 1]``, unsigned ones in
+``[0, 2**k - 1]``. ``bits >= 32`` is a float pass-through, stored as fp32.
+
+A new quantizer is one class: subclass ``Quantizer``, implement ``quantize`` and register it with
+``@QUANTIZERS.register(name)``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
+from qfi_cli.quant.encoding import FP32, Encoding, Quantized
 from qfi_cli.registry import Registry
 
 QUANTIZERS: Registry[type["Quantizer"]] = Registry("quantizer")
@@ -129,13 +134,17 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 class Quantizer(nn.Module):
-    """Base class: remembers the scale and signedness of its last call."""
+    """Base class: ``quantize(x, bits, is_activation)`` returns ``Quantized``; calling the module returns the value."""
 
     def __init__(self, per_channel: bool = False) -> None:
         super().__init__()
         self.per_channel = per_channel
-        self.last_scale: torch.Tensor | None = None
-        self.last_signed = True
+
+    def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> torch.Tensor:
+        return self.quantize(x, bits, is_activation).value
 
     def _reduce_shape(self, x: torch.Tensor, is_activation: bool) -> tuple[int, ...]:
         """Shape of a scale: one per output channel (dim 0) for per-channel weights, else a scalar."""
@@ -143,17 +152,22 @@ class Quantizer(nn.Module):
             return (x.shape[0],) + (1,) * (x.dim() - 1)
         return (1,) * x.dim()
 
-    def codes(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Integer codes (int64) and scale of ``x``: ``codes * scale`` is what ``forward`` returns.
+    @staticmethod
+    def _encoding(x: torch.Tensor, bits: int, scale: torch.Tensor, signed: bool, zero_point: int = 0) -> Encoding:
+        group = x.numel() // scale.numel() if scale.numel() > 1 else 0
+        return Encoding(bits=bits, scale=scale.detach(), zero_point=zero_point, signed=signed, group=group)
+
+    def codes(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> tuple[torch.Tensor, Encoding]:
+        """Integer codes (int64) of ``x`` and their encoding: ``encoding.decode`` of the patterns gives the value.
 
         >>> q = MinMaxQuantizer()
-        >>> codes, scale = q.codes(torch.tensor([-1.0, 0.5, 1.0]), 8)
-        >>> codes.tolist()
-        [-127, 64, 127]
+        >>> codes, enc = q.codes(torch.tensor([-1.0, 0.5, 1.0]), 8)
+        >>> codes.tolist(), enc.signed
+        ([-127, 64, 127], True)
         """
         with torch.no_grad():
-            x_q = self(x, bits, is_activation=is_activation)
-            return torch.round(x_q / self.last_scale).long(), self.last_scale
+            value, enc = self.quantize(x, bits, is_activation=is_activation)
+            return enc.codes(value), enc
 
 
 @QUANTIZERS.register("lsq")
@@ -164,11 +178,10 @@ class LSQQuantizer(Quantizer):
     non-negative at that call use unsigned codes.
 
     >>> q = LSQQuantizer()
-    >>> w = torch.randn(16, 8)
-    >>> w_q = q(w, 4)
-    >>> codes = torch.round(w_q / q.last_scale)
-    >>> bool(codes.min() >= -8 and codes.max() <= 7)
-    True
+    >>> w_q, enc = q.quantize(torch.randn(16, 8), 4)
+    >>> codes = enc.codes(w_q)
+    >>> bool(codes.min() >= -8 and codes.max() <= 7), enc.bits, enc.signed
+    (True, 4, True)
     """
 
     def __init__(self, per_channel: bool = False) -> None:
@@ -197,18 +210,22 @@ class LSQQuantizer(Quantizer):
         self.signed.fill_(signed)
         self.initialized.fill_(True)
 
-    def forward(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> torch.Tensor:
+    def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
         if bits >= 32:
-            return x
+            return Quantized(x, FP32)
         if not bool(self.initialized):
             self._initialize(x, bits, is_activation)
         signed = bool(self.signed)
         qn, qp = code_range(bits, signed)
         per_scale = x.numel() / self.step.numel()
         step = grad_scale(self.step, 1.0 / math.sqrt(per_scale * qp))
-        x_q = fake_quantize(x, step, qn, qp)
-        self.last_scale, self.last_signed = self.step.detach(), signed
-        return x_q
+        return Quantized(fake_quantize(x, step, qn, qp), self._encoding(x, bits, self.step, signed))
+
+
+def _amin_amax(x: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (dim 0) or whole-tensor minimum and maximum in one reading pass."""
+    per_channel = len(shape) > 0 and shape[0] > 1
+    return torch.aminmax(x.flatten(1) if per_channel else x, dim=1 if per_channel else None)
 
 
 @QUANTIZERS.register("minmax")
@@ -223,18 +240,51 @@ class MinMaxQuantizer(Quantizer):
     True
     """
 
-    def forward(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> torch.Tensor:
+    def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
         if bits >= 32:
-            return x
+            return Quantized(x, FP32)
         with torch.no_grad():
             shape = self._reduce_shape(x, is_activation)
             # max|x| = max(|min x|, max x): one reading pass, no |x| tensor (min x also gives the signedness)
-            lo, hi = torch.aminmax(x.flatten(1) if len(shape) and shape[0] > 1 else x,
-                                   dim=1 if len(shape) and shape[0] > 1 else None)
+            lo, hi = _amin_amax(x, shape)
             signed = bool(lo.min() < 0) if is_activation else True
             _, qp = code_range(bits, signed)
             scale = (torch.maximum(lo.abs(), hi).view(shape) / qp).clamp_min(1e-12)
         qn = -qp if signed else 0
-        x_q = fake_quantize(x, scale, qn, qp)
-        self.last_scale, self.last_signed = scale, signed
-        return x_q
+        return Quantized(fake_quantize(x, scale, qn, qp), self._encoding(x, bits, scale, signed))
+
+
+@QUANTIZERS.register("rquant")
+class RQuantizer(Quantizer):
+    """Robust quantization (Stutz et al., 2021, "RQuant"): asymmetric range ``[min x, max x]`` per layer (or per
+    channel), unsigned k-bit codes, round to nearest.
+
+    ``scale = (max x - min x) / (2**k - 1)`` and ``zero_point = round(-min x / scale)`` (clamped to the code range,
+    so 0 is always representable and maps to a code exactly); stored codes ``c = clamp(round(x / scale) +
+    zero_point, 0, 2**k - 1)`` are unsigned, and ``value = (c - zero_point) * scale``. A bit error in the top bit
+    moves a weight by ``2**(k-1) * scale`` and keeps it inside the layer's range ``[min x, max x]``.
+
+    >>> q = RQuantizer()
+    >>> w = torch.tensor([-0.5, 0.0, 0.5, 1.0])
+    >>> value, enc = q.quantize(w, 2)          # scale 1.5 / 3 = 0.5, zero point round(0.5 / 0.5) = 1
+    >>> enc.codes(value).tolist(), enc.zero_point, enc.signed
+    ([0, 1, 2, 3], 1, False)
+    """
+
+    def __init__(self, per_channel: bool = False) -> None:
+        if per_channel:
+            raise QfiError("rquant quantizes per layer (one range, one zero point): set quant.per_channel=false")
+        super().__init__(per_channel)
+
+    def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
+        if bits >= 32:
+            return Quantized(x, FP32)
+        top = 2**bits - 1
+        with torch.no_grad():
+            shape = self._reduce_shape(x, is_activation)
+            lo, hi = _amin_amax(x, shape)
+            lo, hi = lo.view(shape), hi.view(shape)
+            scale = ((hi - lo) / top).clamp_min(1e-12)
+            zero_point = int(torch.round(-lo / scale).clamp(0, top).reshape(-1)[0])
+        return Quantized(fake_quantize(x, scale, -zero_point, top - zero_point),
+                         self._encoding(x, bits, scale, signed=False, zero_point=zero_point))

@@ -1,0 +1,216 @@
+"""Typed configuration: the composed config (a plain dict) read once into dataclasses, validated where it is read.
+
+``RunConfig.from_dict(plain)`` checks every key qfi reads: types (a number stays a number), ranges (no negative
+learning rate, no NaN radius), choices (schedule, device), and that no key is set that nothing reads. Each mistake
+is a one-line ``QfiError`` naming the key. The engine receives a ``RunConfig``; ``as_dict()`` gives the plain dict
+that checkpoints and results store.
+
+>>> cfg = RunConfig.from_dict({"train": {"lr": 0.1}, "quant": {"wbits": 4}})
+>>> cfg.train.lr, cfg.quant.wbits, cfg.sam.rho
+(0.1, 4, 0.05)
+>>> RunConfig.from_dict({"train": {"lr": -1}})
+Traceback (most recent call last):
+...
+qfi_cli.errors.QfiError: train.lr must be >= 0, got -1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from qfi_cli.errors import QfiError
+from qfi_cli.faults.models import FaultConfig
+from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
+from qfi_cli.typed import check_seed, require, section
+
+@dataclass
+class QuantConfig:
+    """``quant``: quantizer name, weight / activation bit widths, per-channel scales, first/last layer bits."""
+
+    name: str = "lsq"
+    wbits: int = 8
+    abits: int = 8
+    per_channel: bool = False
+    first_last_bits: Optional[int] = 8
+
+    def validated(self) -> "QuantConfig":
+        QUANTIZERS.get(self.name)
+        check_bits(self.wbits, "weight bit width")
+        check_bits(self.abits, "activation bit width")
+        if self.first_last_bits is not None:
+            check_bits(self.first_last_bits, "quant.first_last_bits")
+        require(not (self.name == "rquant" and self.per_channel),
+               "rquant quantizes per layer (one range, one zero point): set quant.per_channel=false")
+        return self
+
+
+@dataclass
+class SamConfig:
+    """``sam``: radius ``rho`` (0 = plain training), ASAM (``adaptive``) and its ``eta``."""
+
+    rho: float = 0.05
+    adaptive: bool = False
+    eta: float = 0.01
+
+    def validated(self) -> "SamConfig":
+        require(self.rho >= 0, f"sam.rho must be >= 0, got {self.rho}")
+        require(self.eta >= 0, f"sam.eta must be >= 0, got {self.eta}")
+        require(not (self.adaptive and self.eta == 0),
+               "sam.eta must be > 0 with ASAM: many quantized weights are exactly 0")
+        return self
+
+
+@dataclass
+class BetConfig:
+    """``train.bet``: bit error training. ``mode`` none | random (RandBET, Stutz et al.): each step adds the loss
+    under a fresh random pattern at rate ``ber`` to the clean loss, once the clean loss is below ``start_loss``."""
+
+    mode: str = "none"
+    ber: float = 0.01
+    start_loss: float = 1.75
+    weight: float = 1.0
+
+    def validated(self) -> "BetConfig":
+        require(self.mode in BET_MODES, f"train.bet.mode must be one of {', '.join(BET_MODES)}, got {self.mode!r}")
+        require(0 <= self.ber <= 1, f"train.bet.ber must lie in [0, 1], got {self.ber}")
+        require(self.start_loss >= 0, f"train.bet.start_loss must be >= 0, got {self.start_loss}")
+        require(self.weight >= 0, f"train.bet.weight must be >= 0, got {self.weight}")
+        return self
+
+
+BET_MODES = ("none", "random")
+SCHEDULES = ("cosine", "step", "none")
+
+
+@dataclass
+class TrainConfig:
+    """``train``: SGD with momentum and a schedule; SAM (``sam``) wraps it."""
+
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    grad_clip: Optional[float] = None
+    limit: Optional[int] = None
+    clip_weights: Optional[float] = None
+    bet: BetConfig = field(default_factory=BetConfig)
+    sharpness_rho: float = 0.05
+    sharpness_batch: int = 256
+
+    def validated(self) -> "TrainConfig":
+        require(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
+        require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr >= 0, f"train.lr must be >= 0, got {self.lr}")
+        require(0 <= self.momentum < 1, f"train.momentum must lie in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        require(not (self.nesterov and self.momentum == 0), "train.nesterov=true needs train.momentum > 0")
+        require(self.schedule in SCHEDULES,
+               f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        require(self.grad_clip is None or self.grad_clip > 0, f"train.grad_clip must be > 0 or null, got "
+                                                               f"{self.grad_clip}")
+        require(self.limit is None or self.limit >= 1, f"train.limit must be >= 1 or null, got {self.limit}")
+        require(self.clip_weights is None or self.clip_weights > 0,
+               f"train.clip_weights must be > 0 or null, got {self.clip_weights}")
+        require(self.sharpness_rho > 0, f"train.sharpness_rho must be > 0, got {self.sharpness_rho}")
+        require(self.sharpness_batch >= 1, f"train.sharpness_batch must be >= 1, got {self.sharpness_batch}")
+        return self
+
+
+@dataclass
+class EvalConfig:
+    """``eval``: trials per rate, batch size, test-set limit, the fault-pattern seed, and the rates of one job."""
+
+    trials: int = 10
+    batch_size: int = 1000
+    limit: Optional[int] = None
+    fault_seed: int = 0
+    bers: Optional[list[float]] = None
+
+    def validated(self) -> "EvalConfig":
+        require(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
+        require(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        require(self.limit is None or self.limit >= 1, f"eval.limit must be >= 1 or null, got {self.limit}")
+        check_seed("eval.fault_seed", self.fault_seed)
+        for ber in self.bers or ():
+            require(0 <= ber <= 1, f"ber must lie in [0, 1], got {ber}")
+        require(self.bers is None or len(self.bers) > 0, "eval.bers must name at least one rate (or be null)")
+        return self
+
+
+@dataclass
+class DataConfig:
+    """``data``: the data set's name and the local root its files are read from (``~`` expands)."""
+
+    name: str = "digits"
+    root: Optional[str] = None
+
+    def validated(self) -> "DataConfig":
+        self.root = None if self.root is None else str(Path(self.root).expanduser())
+        return self
+
+
+@dataclass
+class PathsConfig:
+    """``paths``: the outputs root (runs, sweeps, latest_checkpoint.txt)."""
+
+    root: str = "outputs"
+
+    def validated(self) -> "PathsConfig":
+        self.root = str(Path(self.root).expanduser())
+        return self
+
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+COMMANDS = ("train", "inject_eval")
+
+
+@dataclass
+class RunConfig:
+    """The whole composed config (``conf/config.yaml``), typed. ``model`` and ``logger`` stay mappings: their keys
+    are the chosen component's own arguments."""
+
+    command: str = "train"
+    seed: int = 0
+    device: str = "auto"
+    checkpoint: Optional[str] = None
+    resume: bool = False
+    overwrite: bool = False
+    sweep_train: bool = False
+    recipe: Optional[str] = None
+    model: dict = field(default_factory=lambda: {"name": "digits_cnn"})
+    data: DataConfig = field(default_factory=DataConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Read and validate the composed config (a plain dict; missing sections take their defaults)."""
+        if isinstance(data, RunConfig):
+            return data
+        return section(cls, {k: v for k, v in data.items() if k != "hydra"}, "")
+
+    def validated(self) -> "RunConfig":
+        require(self.command in COMMANDS, f"unknown command {self.command!r}: use {' or '.join(COMMANDS)}")
+        check_seed("seed", self.seed)
+        require(bool(DEVICE.match(self.device)), f"unknown device {self.device!r}: use auto, cpu or cuda[:N]")
+        require(isinstance(self.model.get("name"), str), "model.name must name a registered model")
+        if self.checkpoint is not None:
+            self.checkpoint = str(Path(self.checkpoint).expanduser())
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain dict (checkpoints and results store it)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return {k: v.as_dict() if hasattr(v, "as_dict") else dataclasses.asdict(v) if dataclasses.is_dataclass(v)
+                else v for k, v in out.items()}

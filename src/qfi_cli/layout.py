@@ -1,0 +1,19 @@
+"""Names of the files a run or sweep writes, and of the settings kept out of sweep point directory names.
+
+One home for these facts: the engine, the app, the CLI and the report read them from here.
+"""
+
+from __future__ import annotations
+
+RESULTS = "results.json"          # inject-eval (and each sweep point / rate): accuracies under faults
+MODEL = "model.pt"                # train: the finished model (weights, resolved config, metrics)
+LAST = "last.pt"                  # train: the state after the last finished epoch (what --resume continues)
+METRICS = "metrics.json"          # train: test accuracy, losses, history
+TRAIN_CONFIG = "train_config.json"  # sweep --train: the config a shared model was trained with
+SUMMARY = "summary.csv"           # sweep: one row per point and bit error rate
+BER_CURVE = "ber_curve.png"       # sweep: accuracy against BER
+MODELS_DIR = "models"             # sweep --train: <sweep dir>/models/<digest>/
+LATEST_FILE = "latest_checkpoint.txt"  # outputs root: the model `qfi train` wrote last
+
+# Settings that never name a sweep point's directory (bookkeeping, or single-valued on the command line).
+POINT_DIR_EXCLUDED = ("command", "checkpoint", "sweep_train", "device", "paths.root", "sweep", "logger")

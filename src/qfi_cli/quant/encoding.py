@@ -1,0 +1,129 @@
+"""How a quantized tensor is stored: the record a quantizer returns with every quantized value.
+
+A quantizer call gives ``Quantized(value, encoding)``. ``value`` is the tensor the layer computes with; the
+``Encoding`` says how each of its entries is held in memory as a ``bits``-wide pattern, so that fault injection,
+sensitivity maps and attacks act on the stored bits without knowing the quantizer:
+
+* integer codes: ``value = (code - zero_point) * scale``; signed codes are stored in k-bit two's complement
+  (``[-2**(k-1), 2**(k-1) - 1]``), unsigned ones as themselves (``[0, 2**k - 1]``). ``scale`` is one number or one
+  per output channel (``group`` consecutive entries of the flattened tensor share one scale);
+* IEEE floats (``float_format`` ``fp32``, ``fp16`` or ``bf16``): the pattern is the float's own bits (sign,
+  exponent, mantissa).
+
+``encode(values, index)`` turns values into patterns (int64 in ``[0, 2**bits)``), ``decode(patterns, index)``
+turns patterns back; ``index`` (flat positions) selects the scales of a subset, so a trial touches O(flips)
+entries.
+
+>>> import torch
+>>> enc = Encoding(bits=8, scale=torch.tensor(0.5))
+>>> enc.encode(torch.tensor([1.5, -0.5])).tolist()        # codes 3 and -1 as 8-bit patterns
+[3, 255]
+>>> enc.decode(torch.tensor([3 ^ 128, 255])).tolist()       # the sign bit of code 3 flipped: -125 * 0.5
+[-62.5, -0.5]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from qfi_cli.errors import QfiError
+
+# name -> (storage dtype, same-width integer view dtype, bits)
+FLOAT_FORMATS: dict[str, tuple[torch.dtype, torch.dtype, int]] = {
+    "fp32": (torch.float32, torch.int32, 32),
+    "fp16": (torch.float16, torch.int16, 16),
+    "bf16": (torch.bfloat16, torch.int16, 16),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Encoding:
+    """The storage of a quantized tensor: integer codes (``scale``, ``zero_point``, ``signed``) or IEEE floats.
+
+    ``group`` is how many consecutive entries of the flattened tensor share one scale (per-channel scales along
+    dim 0); 0 means one scale for all.
+
+    >>> e = Encoding(bits=4, scale=torch.tensor(1.0), zero_point=8, signed=False)
+    >>> e.encode(torch.tensor([-8.0, 0.0, 7.0])).tolist(), e.code_range()
+    ([0, 8, 15], (0, 15))
+    """
+
+    bits: int
+    scale: torch.Tensor | None = None
+    zero_point: int = 0
+    signed: bool = True
+    group: int = 0
+    float_format: str | None = None
+
+    @property
+    def is_float(self) -> bool:
+        return self.float_format is not None
+
+    def code_range(self) -> tuple[int, int]:
+        """Smallest and largest integer code (for floats: the pattern range)."""
+        if self.is_float or not self.signed:
+            return 0, 2**self.bits - 1
+        return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+
+    def _scale_at(self, index: torch.Tensor | None) -> torch.Tensor:
+        """The scale of each entry: broadcastable to the whole tensor, or one per flat position in ``index``."""
+        s = self.scale.detach()
+        if s.numel() == 1:
+            return s.reshape(())
+        return s if index is None else s.reshape(-1)[index // self.group]
+
+    def codes(self, values: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Integer codes (int64) of ``values``: ``round(value / scale) + zero_point`` (floats: signed bit patterns).
+
+        ``values`` is the whole tensor (its own shape) or, with ``index``, the entries at those flat positions.
+        """
+        if self.is_float:
+            return self._float_bits(values)
+        return torch.round(values.detach() / self._scale_at(index)).long() + self.zero_point
+
+    def encode(self, values: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Stored bit patterns of ``values`` (int64 in ``[0, 2**bits)``); ``index``: their flat positions."""
+        codes = self.codes(values, index)
+        return torch.bitwise_and(codes, (1 << self.bits) - 1)
+
+    def decode(self, patterns: torch.Tensor, index: torch.Tensor | None = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Values of stored bit patterns (the inverse of ``encode``); ``index``: their flat positions."""
+        u = torch.bitwise_and(patterns.long(), (1 << self.bits) - 1)
+        if self.is_float:
+            storage, view, bits = FLOAT_FORMATS[self.float_format]
+            signed = torch.where(u >= (1 << (bits - 1)), u - (1 << bits), u)
+            return signed.to(view).view(storage).to(dtype)
+        if self.signed:
+            u = torch.where(u >= (1 << (self.bits - 1)), u - (1 << self.bits), u)
+        scale = self._scale_at(index)
+        return ((u - self.zero_point).to(scale.dtype) * scale).to(dtype)
+
+    def _float_bits(self, values: torch.Tensor) -> torch.Tensor:
+        storage, view, _ = FLOAT_FORMATS[self.float_format]
+        return values.detach().to(storage).view(view).long()
+
+
+def float_encoding(fmt: str) -> Encoding:
+    """The encoding of IEEE floats in format ``fmt`` (``fp32``, ``fp16`` or ``bf16``).
+
+    >>> enc = float_encoding("fp16")
+    >>> hex(int(enc.encode(torch.tensor([1.0]))[0])), enc.decode(torch.tensor([0x7C00])).item()  # exponent all 1s
+    ('0x3c00', inf)
+    """
+    if fmt not in FLOAT_FORMATS:
+        raise QfiError(f"unknown float format {fmt!r}; choose one of: {', '.join(FLOAT_FORMATS)}")
+    return Encoding(bits=FLOAT_FORMATS[fmt][2], float_format=fmt)
+
+
+FP32 = float_encoding("fp32")
+
+
+class Quantized(NamedTuple):
+    """What a quantizer returns: the value to compute with and how it is stored."""
+
+    value: torch.Tensor
+    encoding: Encoding
