@@ -118,7 +118,7 @@ def _per_trial(res: dict, key: str, trials: int, required: bool) -> list[float] 
     return [float(v) for v in values]
 
 
-def _consistent(res: dict, key: str, values: list[float] | None, mean: float | None) -> None:
+def _consistent(key: str, values: list[float] | None, mean: float | None) -> None:
     # the file's mean must be its trials' mean (up to float rounding of a sum of <= 2^20 fractions)
     if values is not None and mean is not None and abs(math.fsum(values) / len(values) - mean) > 1e-9:
         raise _Invalid(f"{key} is {mean} but its trials average {math.fsum(values) / len(values)}")
@@ -192,8 +192,8 @@ def _ok_fields(res: dict, point: dict) -> dict[str, Any]:
     rerrs = _per_trial(res, "rerrs", trials, required=False)
     mean = _number(res, "accuracy_mean")
     rerr_mean = _number(res, "rerr_mean", required=rerrs is not None)
-    _consistent(res, "accuracy_mean", accuracies, mean)
-    _consistent(res, "rerr_mean", rerrs, rerr_mean)
+    _consistent("accuracy_mean", accuracies, mean)
+    _consistent("rerr_mean", rerrs, rerr_mean)
     metrics = res.get("train_metrics")
     if metrics is not None and not isinstance(metrics, dict):
         raise _Invalid(f"train_metrics is {_show(metrics)}, not an object")

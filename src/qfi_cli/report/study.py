@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from qfi_cli.report.collect import RECIPE_KEY, config_label, config_order, factors, sort_value
+from qfi_cli.report.collect import SHARPNESS, config_label, config_order, factors, sort_value
 from qfi_cli.stats import bootstrap_ci, hierarchical_bootstrap_ci, mean_of_means
 
 
@@ -193,7 +193,7 @@ def build_study(rows: Iterable[dict[str, Any]]) -> Study:
         grouped.setdefault((cfg.key, r["ber"]), []).append(r)
     notes: list[str] = []
     cells = {}
-    for (key, ber), group in sorted(grouped.items(), key=lambda kv: kv[0][1]):
+    for (key, ber), group in grouped.items():
         kept = _one_per_seed(group, notes)
         rerr, per_trial = _rerr(kept)
         cells[(key, ber)] = Cell(configs[key], ber, kept, _estimate([r["_accuracies"] for r in kept]), rerr,
@@ -208,7 +208,7 @@ def build_study(rows: Iterable[dict[str, Any]]) -> Study:
         errors = [1.0 - _mean([r["clean_accuracy"] for r in rs]) for rs in seeds.values()]
         clean_error[key] = Estimate(_mean(errors), *bootstrap_ci(errors))
         sharpness[key] = {}
-        for name in ("sharpness_worst", "sharpness_random"):
+        for name in SHARPNESS:
             per_seed = [_mean(v) for rs in seeds.values() if (v := [r[f"_{name}"] for r in rs
                                                                    if r.get(f"_{name}") is not None])]
             sharpness[key][name] = _mean(per_seed)
@@ -231,4 +231,4 @@ def build_study(rows: Iterable[dict[str, Any]]) -> Study:
     return Study(keys, ordered, sorted({ber for (_, ber) in cells}), cells, clean_error, sharpness, pairs, notes)
 
 
-__all__ = ["Cell", "Config", "Estimate", "Pair", "Study", "build_study", "RECIPE_KEY"]
+__all__ = ["Cell", "Config", "Estimate", "Pair", "Study", "build_study"]
