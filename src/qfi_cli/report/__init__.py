@@ -1,0 +1,98 @@
+"""Sweep reports: read a sweep's ``results.json`` files and write what a study needs.
+
+``aggregate(sweep_dir)`` is the one entry point (the Hydra callback at the end of a multirun and ``qfi report
+DIR`` call it). It writes into the sweep directory:
+
+- ``summary.csv``: one row per point and bit error rate, every status (``collect``'s rows);
+- ``table.md`` / ``table.csv``: the study table in Stutz et al.'s layout, one row per configuration (factor values;
+  the training seed is a replicate), clean error and RErr at each p as mean over seeds [95% CI], seeds, sharpness,
+  and each recipe's paired RErr difference from ``normal``;
+- ``paired.csv``: paired differences between configurations that differ in exactly one factor;
+- ``ber_curve.png`` (accuracy) and ``rerr_curve.png`` (RErr) against p, one line per configuration with its band;
+
+and prints the study, the paired differences by factor, and the points that failed. Modules: ``collect`` (read and
+check), ``study`` (aggregate over seeds, pair), ``tables`` (files), ``plots``, ``console``.
+
+>>> import io, tempfile, pathlib
+>>> from rich.console import Console
+>>> from qfi_cli.io import write_json
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> for rho, accs in ((0.0, [0.8, 0.7]), (0.05, [0.9, 0.8])):
+...     _ = write_json(d / f"rho{rho}" / "results.json", {
+...         "status": "ok", "ber": 0.01, "trials": 2, "seed": 0, "fault_seed": 0, "clean_accuracy": 0.95,
+...         "accuracy_mean": sum(accs) / 2, "accuracies": accs, "rerrs": [1 - a for a in accs],
+...         "rerr_mean": 1 - sum(accs) / 2, "point": {"sam.rho": rho, "fault.ber": 0.01}})
+>>> _ = write_json(d / "bad" / "results.json", [1, 2])
+>>> rows = aggregate(d, Console(file=io.StringIO()))
+>>> [(r["dir"], r["status"]) for r in rows]
+[('bad', 'unreadable'), ('rho0.0', 'ok'), ('rho0.05', 'ok')]
+>>> sum(r["status"] != "ok" for r in rows)  # what a sweep's exit status needs
+1
+>>> sorted(p.name for p in d.iterdir() if p.is_file())
+['ber_curve.png', 'paired.csv', 'rerr_curve.png', 'summary.csv', 'table.csv', 'table.md']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from qfi_cli.report.collect import (COLUMNS, RESULTS, collect, config_label, factors, pending_points,
+                                    swept_keys)
+from qfi_cli.report.console import render_failures, render_paired, render_table
+from qfi_cli.report.plots import (BER_CURVE, RERR_CURVE, ber_figure, curve_figure, plot_ber_curve,
+                                  plot_rerr_curve, rerr_figure)
+from qfi_cli.report.study import Estimate, Pair, Study, build_study
+from qfi_cli.report.tables import (PAIRED, PAIRED_COLUMNS, SUMMARY, TABLE_CSV, TABLE_GROUPS, TABLE_MD, Column,
+                                   paired_rows, study_columns, write_paired, write_study_table, write_summary)
+
+
+def paired_differences(sweep_dir_or_rows: str | Path | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of paired.csv (``PAIRED_COLUMNS``) for a sweep directory or ``collect`` rows: differences
+    between configurations that differ in exactly one factor, value - baseline, in percentage points."""
+    rows = collect(sweep_dir_or_rows) if isinstance(sweep_dir_or_rows, (str, Path)) else sweep_dir_or_rows
+    return paired_rows(build_study(rows).pairs)
+
+
+def aggregate(sweep_dir: str | Path, console: Console | None = None) -> list[dict[str, Any]]:
+    """Report a sweep: write summary.csv, table.md, table.csv, paired.csv, ber_curve.png and rerr_curve.png
+    into ``sweep_dir`` and print the study, the paired differences and the failures.
+
+    Returns ``collect``'s rows, one per results.json: those whose ``status`` is not "ok" (failed, invalid,
+    unreadable) are the points that did not give a result, so ``sum(r["status"] != "ok" for r in rows)`` is the
+    count a sweep's exit status needs; points without any results.json (not run, interrupted) are
+    ``pending_points(sweep_dir)``. Raises QfiError (one line) when ``sweep_dir`` is missing or holds no
+    results.json.
+    """
+    console = console or Console()
+    root = Path(sweep_dir)
+    rows = collect(root)
+    study = build_study(rows)
+    written = [write_summary(root, rows), *write_study_table(root, study, rows), write_paired(root, study.pairs),
+               plot_ber_curve(rows, root / BER_CURVE, study), plot_rerr_curve(rows, root / RERR_CURVE, study)]
+    render_table(rows, console, study)
+    if study.pairs:
+        render_paired(study.pairs, console)
+    for note in study.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    failed = sum(r.get("status") != "ok" for r in rows)
+    pending = pending_points(root)
+    notes = [f"{len(rows)} point(s)"]
+    if failed:
+        notes.append(f"{failed} failed or unreadable")
+    if pending:
+        notes.append(f"{len(pending)} without {RESULTS} (not run or interrupted)")
+    console.print(", ".join(notes), highlight=False)
+    console.print(f"wrote {', '.join(p.name for p in written)} in {root}", soft_wrap=True, highlight=False)
+    return rows
+
+
+__all__ = [
+    "BER_CURVE", "COLUMNS", "Column", "Estimate", "PAIRED", "PAIRED_COLUMNS", "Pair", "RERR_CURVE",
+    "RESULTS", "SUMMARY", "Study", "TABLE_CSV", "TABLE_GROUPS", "TABLE_MD", "aggregate", "ber_figure", "build_study",
+    "collect", "config_label", "curve_figure", "factors", "paired_differences", "pending_points", "plot_ber_curve",
+    "plot_rerr_curve", "render_failures", "render_paired", "render_table", "rerr_figure", "study_columns",
+    "swept_keys", "write_paired", "write_study_table", "write_summary",
+]

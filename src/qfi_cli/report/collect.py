@@ -1,0 +1,361 @@
+"""Read a sweep directory: one row per ``results.json`` (a point at one bit error rate), checked before it counts.
+
+A row holds the point's swept values (each key of ``point`` but ``fault.ber``), then ``COLUMNS``; keys starting
+with ``_`` are private (per-trial lists, training and fault seeds, model facts) for the study and the plots. An ok
+row has been checked: numbers are finite numbers in range and the per-trial lists have ``trials`` entries.
+Anything else is a row with status ``unreadable`` (not a JSON object) or ``invalid`` (an ok status whose numbers
+do not hold) and a one-line ``error``; failed points keep their status ``failed``.
+
+>>> import tempfile, pathlib
+>>> from qfi_cli.io import write_json
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = write_json(d / "p0" / "results.json", {"status": "failed", "error": "boom", "point": {"fault.ber": 0.1}})
+>>> _ = write_json(d / "p1" / "results.json", {"status": "ok", "ber": "x"})
+>>> [(r["ber"], r["status"], r["error"], r["dir"]) for r in collect(d)]
+[(None, 'invalid', 'invalid results.json: ber is "x", not a number', 'p1'), (0.1, 'failed', 'boom', 'p0')]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from qfi_cli.errors import QfiError
+from qfi_cli.io import read_json
+from qfi_cli.stats import bootstrap_ci, describe_ci
+
+RESULTS = "results.json"
+BER_KEY = "fault.ber"
+SEED_KEY = "seed"  # the training seed: a replicate, not a factor
+RECIPE_KEY = "recipe"
+BASELINE_RECIPE = "normal"
+RECIPE_ORDER = ("normal", "rquant", "clipping", "randbet", "sam", "sam_clipping", "sam_randbet")
+# The columns of a row after the swept keys, in summary.csv order (the first eleven are the documented ones).
+COLUMNS = ("ber", "trials", "clean_accuracy", "accuracy_mean", "accuracy_std", "ci95_low", "ci95_high",
+           "rerr_mean", "status", "error", "dir", "train_seed", "fault_seed", "ci")
+POINT_CI = describe_ci(1)  # a point is one model: its interval covers the fault patterns only
+SHARPNESS = ("sharpness_worst", "sharpness_random")
+
+
+class _Invalid(ValueError):
+    """A results.json whose status says ok but whose content does not hold."""
+
+
+# ---------------------------------------------------------------------------------------------------- values
+
+def _is_number(value: Any) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _float(value: Any) -> float | None:
+    """A finite number as a float, else None (strings that spell numbers included, for rows read from CSV)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _show(value: Any) -> str:
+    """A value as the file spells it (JSON), cut to 40 characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(res: dict, key: str, low: float | None = 0.0, high: float | None = 1.0,
+            required: bool = True) -> float | None:
+    value = res.get(key)
+    if value is None:
+        if required:
+            raise _Invalid(f"{key} is missing")
+        return None
+    if not _is_number(value):
+        raise _Invalid(f"{key} is {_show(value)}, not a number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise _Invalid(f"{key} is {value}, outside [{low}, {high}]")
+    return float(value)
+
+
+def _integer(res: dict, key: str, low: int | None = None, required: bool = True) -> int | None:
+    value = res.get(key)
+    if value is None:
+        if required:
+            raise _Invalid(f"{key} is missing")
+        return None
+    if not _is_number(value) or value != int(value):
+        raise _Invalid(f"{key} is {_show(value)}, not a whole number")
+    if low is not None and value < low:
+        raise _Invalid(f"{key} is {value}, below {low}")
+    return int(value)
+
+
+def _per_trial(res: dict, key: str, trials: int, required: bool) -> list[float] | None:
+    values = res.get(key)
+    if values is None:
+        if required:
+            raise _Invalid(f"{key} (one value per trial) is missing")
+        return None
+    if not isinstance(values, list):
+        raise _Invalid(f"{key} is {_show(values)}, not a list")
+    if len(values) != trials:
+        raise _Invalid(f"{key} has {len(values)} entries but trials is {trials}")
+    for v in values:
+        if not _is_number(v) or not 0.0 <= v <= 1.0:
+            raise _Invalid(f"{key} holds {_show(v)}, not a fraction in [0, 1]")
+    return [float(v) for v in values]
+
+
+def _consistent(key: str, values: list[float] | None, mean: float | None) -> None:
+    # the file's mean must be its trials' mean (up to float rounding of a sum of <= 2^20 fractions)
+    if values is not None and mean is not None and abs(math.fsum(values) / len(values) - mean) > 1e-9:
+        raise _Invalid(f"{key} is {mean} but its trials average {math.fsum(values) / len(values)}")
+
+
+def _one_line(text: Any) -> str:
+    text = str(text or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+def _result_files(root: Path) -> list[Path]:
+    """Every file named exactly results.json under ``root``, outside hidden directories and ``models/``."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not (d == "models" and Path(dirpath) == root))
+        if RESULTS in filenames and os.path.isfile(os.path.join(dirpath, RESULTS)):
+            found.append(Path(dirpath) / RESULTS)
+    return found
+
+
+def pending_points(sweep_dir: str | Path) -> list[str]:
+    """Point directories without a results.json: not run yet or interrupted (relative paths, sorted).
+
+    A point directory is one Hydra made (it holds ``.hydra/``) or an empty one; directories with other content
+    and no results.json (``models/<digest>/`` with its checkpoint) are not points.
+    """
+    root = Path(sweep_dir)
+    pending = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        if RESULTS in filenames:
+            dirnames[:] = []  # a finished point: whatever lies below belongs to it
+            continue
+        hydra_made = (here / ".hydra").is_dir()
+        empty = not filenames and not any(os.scandir(here))
+        if here != root and (hydra_made or empty):
+            pending.append(here.relative_to(root).as_posix())
+    return pending
+
+
+def _read(path: Path) -> Any:
+    """The parsed JSON of ``path``; _Invalid (reason, one line) when it cannot be read or parsed."""
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as e:
+        raise _Invalid(f"{RESULTS} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise _Invalid(f"{RESULTS} is not UTF-8 text") from None
+    except OSError as e:
+        raise _Invalid(f"cannot read {RESULTS}: {e.strerror or type(e).__name__}") from None
+    except (ValueError, RecursionError) as e:
+        raise _Invalid(f"cannot parse {RESULTS}: {type(e).__name__}") from None
+
+
+def _ok_fields(res: dict, point: dict) -> dict[str, Any]:
+    """The checked numbers of an ok results.json (raises _Invalid naming the first that does not hold)."""
+    if res.get("ber") is None and point.get(BER_KEY) is not None:
+        res = {**res, "ber": point[BER_KEY]}
+    ber = _number(res, "ber")
+    trials = _integer(res, "trials", low=1)
+    accuracies = _per_trial(res, "accuracies", trials, required=True)
+    rerrs = _per_trial(res, "rerrs", trials, required=False)
+    mean = _number(res, "accuracy_mean")
+    rerr_mean = _number(res, "rerr_mean", required=rerrs is not None)
+    _consistent("accuracy_mean", accuracies, mean)
+    _consistent("rerr_mean", rerrs, rerr_mean)
+    metrics = res.get("train_metrics")
+    if metrics is not None and not isinstance(metrics, dict):
+        raise _Invalid(f"train_metrics is {_show(metrics)}, not an object")
+    sharp = {k: _number(metrics or {}, k, low=None, high=None, required=False) for k in SHARPNESS}
+    for key in ("model", "dataset", "recipe"):
+        if res.get(key) is not None and not isinstance(res[key], str):
+            raise _Invalid(f"{key} is {_show(res[key])}, not a string")
+    low, high = bootstrap_ci(accuracies)
+    return {
+        "ber": ber, "trials": trials, "clean_accuracy": _number(res, "clean_accuracy"),
+        "accuracy_mean": mean, "accuracy_std": _number(res, "accuracy_std", high=None, required=False),
+        "ci95_low": low, "ci95_high": high, "rerr_mean": rerr_mean,
+        "train_seed": _integer(res, "seed", required=False),
+        "fault_seed": _integer(res, "fault_seed", required=False), "ci": POINT_CI if low is not None else "",
+        "_accuracies": accuracies, "_rerrs": rerrs,
+        "_model": res.get("model"), "_dataset": res.get("dataset"), "_recipe": res.get("recipe"),
+        "_wbits": _integer(res, "wbits", low=1, required=False),
+        "_rho": _number(res, "rho", low=0.0, high=None, required=False),
+        **{f"_{k}": v for k, v in sharp.items()},
+    }
+
+
+def _row(path: Path, root: Path) -> dict[str, Any]:
+    rel = path.parent.relative_to(root).as_posix()
+    bad = {"_point": {}, "ber": None, "dir": rel}
+    try:
+        res = _read(path)
+    except _Invalid as e:
+        return {**bad, "status": "unreadable", "error": str(e)}
+    if not isinstance(res, dict):
+        return {**bad, "status": "unreadable", "error": f"{RESULTS} holds {_json_type(res)}, not a JSON object"}
+    point = res.get("point", {})
+    if not isinstance(point, dict):
+        return {**bad, "status": "invalid", "error": f"invalid {RESULTS}: point is {_show(point)}, not an object"}
+    swept = {k: v for k, v in point.items() if k != BER_KEY}
+    ber = _float(res.get("ber"))
+    ber = _float(point.get(BER_KEY)) if ber is None else ber
+    status = res.get("status", "ok" if "accuracy_mean" in res else None)
+    if status != "ok":
+        bad = {**bad, "_point": swept, "ber": ber, "_seed": point.get(SEED_KEY)}
+        if not isinstance(status, str) or not status:
+            return {**bad, "status": "invalid", "error": f"invalid {RESULTS}: status is {_show(status)}"}
+        return {**bad, "status": status, "error": _one_line(res.get("error")) or status}
+    try:
+        fields = _ok_fields(res, point)
+    except _Invalid as e:
+        return {**bad, "_point": swept, "ber": ber, "_seed": point.get(SEED_KEY), "status": "invalid",
+                "error": f"invalid {RESULTS}: {e}"}
+    seed = fields["train_seed"] if fields["train_seed"] is not None else point.get(SEED_KEY)
+    # Old files have no fault_seed: their fault patterns were keyed by the seed.
+    fault_key = fields["fault_seed"] if fields["fault_seed"] is not None else seed
+    return {"_point": swept, **fields, "status": "ok", "error": "", "dir": rel, "_seed": seed,
+            "_fault_key": fault_key}
+
+
+# ---------------------------------------------------------------------------------------------------- order
+
+def sort_value(value: Any, key: str | None = None) -> tuple:
+    """Sort key of a swept value: missing first, numbers (and numeric strings) numerically, then text; recipes
+    in ``RECIPE_ORDER`` (the baseline ``normal`` first) before other names.
+
+    >>> sorted([16, 4, "8"], key=sort_value)
+    [4, '8', 16]
+    >>> sorted(["sam", "zeta", "normal"], key=lambda v: sort_value(v, "recipe"))
+    ['normal', 'sam', 'zeta']
+    """
+    if value is None or value == "":
+        return (0, 0.0, "")
+    if key == RECIPE_KEY and str(value) in RECIPE_ORDER:
+        return (1, float(RECIPE_ORDER.index(str(value))), "")
+    number = _float(value)
+    if number is not None:
+        return (1 if key != RECIPE_KEY else 2, number, "")
+    return (3, 0.0, str(value))
+
+
+def swept_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The swept keys (other than the BER) of ``rows``, in order of first appearance; ``seed`` included.
+
+    >>> swept_keys([{"sam.rho": 0.0, "ber": 0.1, "status": "ok", "_seed": 0}])
+    ['sam.rho']
+    """
+    keys: dict[str, None] = {}
+    for row in rows:
+        for k in row:
+            if k not in COLUMNS and not k.startswith("_"):
+                keys.setdefault(k, None)
+    return list(keys)
+
+
+def factors(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The factors of a sweep: its swept keys but the training seed (a replicate) and the BER (the x axis).
+
+    >>> factors([{"recipe": "sam", "quant.wbits": 8, "seed": 0, "ber": 0.01, "status": "ok"}])
+    ['recipe', 'quant.wbits']
+    """
+    return [k for k in swept_keys(rows) if k != SEED_KEY]
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def config_label(row: dict[str, Any], keys: list[str] | None = None) -> str:
+    """What tells one configuration from another: its factor values (``keys``, default the row's own swept keys
+    but the seed); when nothing is swept, the model, its weight bits, recipe and SAM rho.
+
+    >>> config_label({"quant.wbits": 4, "sam.rho": 0.05, "seed": 1, "ber": 1e-4, "status": "ok"})
+    'quant.wbits=4 sam.rho=0.05'
+    >>> config_label({"ber": 1e-4, "status": "ok", "_model": "digits_cnn", "_wbits": 8, "_rho": 0.05})
+    'digits_cnn w8 sam.rho=0.05'
+    >>> config_label({"ber": 1e-4, "_model": "digits_cnn", "_wbits": 4, "_recipe": "randbet", "_rho": 0.0})
+    'digits_cnn w4 recipe=randbet sam.rho=0.0'
+    """
+    keys = factors([row]) if keys is None else keys
+    parts = [f"{k}={row[k]}" for k in keys if row.get(k) is not None and row.get(k) != ""]
+    if parts:
+        return " ".join(parts)
+    model, wbits, recipe, rho = (row.get(k) for k in ("_model", "_wbits", "_recipe", "_rho"))
+    parts = [] if model is None and wbits is None else [f"{_fmt(model) or '?'} w{_fmt(wbits) or '?'}"]
+    parts += [f"recipe={recipe}"] if recipe is not None else []
+    parts += [f"sam.rho={rho}"] if rho is not None else []
+    return " ".join(parts) or "default"
+
+
+def config_order(row: dict[str, Any], keys: list[str]) -> tuple:
+    """Sort key of a row's configuration: factor values in ``keys`` order with ``recipe`` innermost (so each
+    block of rows compares recipes at the same other values, ``normal`` first); without factors, the label."""
+    inner = [k for k in keys if k != RECIPE_KEY] + [k for k in keys if k == RECIPE_KEY]
+    return (tuple(sort_value(row.get(k), k) for k in inner), config_label(row, keys))
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per results.json under ``sweep_dir`` (hidden directories and ``models/`` skipped), sorted by
+    configuration, BER, then training seed.
+
+    A row holds the swept values (each key of the point but ``fault.ber``; ``seed`` too when swept), then
+    ``ber``, ``trials``, ``clean_accuracy``, ``accuracy_mean``, ``accuracy_std``, ``ci95_low``, ``ci95_high``
+    (the bootstrap percentile interval over the point's trials, recomputed from its accuracies), ``rerr_mean``,
+    ``status`` ("ok", "failed", "invalid", "unreadable"), ``error`` ("" when ok), ``dir`` (relative to
+    ``sweep_dir``), ``train_seed``, ``fault_seed``, ``ci`` (what the interval covers). Missing values are None.
+
+    Raises QfiError when ``sweep_dir`` does not exist or holds no results.json.
+    """
+    root = Path(sweep_dir)
+    if not root.exists():
+        raise QfiError(f"sweep directory not found: {root}")
+    if not root.is_dir():
+        raise QfiError(f"not a directory: {root} (pass the sweep directory that holds the points)")
+    files = _result_files(root)
+    if not files:
+        raise QfiError(f"no {RESULTS} under {root}: not a sweep directory, or no point has finished yet")
+    raw = [_row(f, root) for f in files]
+    keys: dict[str, None] = {}
+    for r in raw:
+        for k in r["_point"]:
+            keys.setdefault(k, None)
+    rows = []
+    for r in raw:
+        point = r.pop("_point")
+        rows.append({**{k: point.get(k) for k in keys}, **{c: r.get(c) for c in COLUMNS},
+                     **{k: v for k, v in r.items() if k.startswith("_")}})
+    keys_ = factors(rows)
+    return sorted(rows, key=lambda r: (config_order(r, keys_), sort_value(r.get("ber")),
+                                       sort_value(r.get("_seed")), r["dir"]))
