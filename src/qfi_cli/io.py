@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -12,9 +13,9 @@ from typing import Any, Callable
 import torch
 
 from qfi_cli.errors import QfiError
+from qfi_cli.layout import LATEST_FILE
 
 CHECKPOINT_FORMAT = 1
-LATEST_FILE = "latest_checkpoint.txt"
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -43,15 +44,33 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a full disk, a quota, a read-only mount: the old file (or none) stays
+            raise QfiError(f"cannot write {path}: {e.strerror or e}") from None
         raise
     return path
 
 
+def strict(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, inf) replaced by None: strict JSON, which every reader accepts.
+
+    >>> strict({"a": [1.0, float("nan")], "b": float("inf")})
+    {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict(v) for v in data]
+    return data
+
+
 def write_json(path: str | Path, data: Any) -> Path:
-    """Atomically write ``data`` as indented JSON."""
-    return atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=False, allow_nan=True), mode="w")
+    """Atomically write ``data`` as indented, strict JSON (NaN and inf become null)."""
+    return atomic_write(path, lambda f: json.dump(strict(data), f, indent=2, sort_keys=False, allow_nan=False),
+                        mode="w")
 
 
 def read_json(path: str | Path) -> Any:
@@ -97,4 +116,11 @@ def latest_checkpoint(root: str | Path) -> Path:
     pointer = Path(root) / LATEST_FILE
     if not pointer.is_file():
         raise QfiError(f"no trained model recorded in {pointer}: run `qfi train` first or pass --checkpoint")
-    return Path(pointer.read_text().strip())
+    try:
+        text = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise QfiError(f"{pointer} is unreadable ({type(e).__name__}): run `qfi train` again or pass "
+                       "--checkpoint") from None
+    if not text:
+        raise QfiError(f"{pointer} is empty: run `qfi train` again or pass --checkpoint")
+    return Path(text)
