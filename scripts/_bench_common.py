@@ -59,14 +59,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment() -> dict[str, Any]:
+def environment(repeats: int = REPEATS) -> dict[str, Any]:
     """The machine, thread count and library versions a section was measured with."""
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "cuda": cuda, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "os": f"{platform.system()} {platform.release()}",
-        "repeats": REPEATS, "date": time.strftime("%Y-%m-%d"),
+        "repeats": repeats, "date": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -110,6 +110,11 @@ def ratio_range(times: dict[str, list[float]], num: str, den: str) -> tuple[floa
 def medians(times: dict[str, list[float]]) -> dict[str, float]:
     """Median seconds of each timed function (rounded for the record)."""
     return {k: float(f"{statistics.median(v):.6g}") for k, v in times.items()}
+
+
+def ber(rate: float) -> str:
+    """A bit error rate for a note: '1e-5' rather than '1e-05' or '0.0001'."""
+    return f"{rate:.0e}".replace("e-0", "e-")
 
 
 def ms(seconds: float) -> str:
@@ -164,11 +169,11 @@ def load_results() -> dict[str, Any]:
 
 
 def record(section: str, title: str, rows: list[dict[str, Any]], details: dict[str, Any] | None = None,
-           notes: list[str] | None = None) -> None:
+           notes: list[str] | None = None, repeats: int = REPEATS) -> None:
     """Merge one script's section into bench/results.json (other sections are kept) and re-render results.md."""
     BENCH_DIR.mkdir(exist_ok=True)
     data = load_results()
-    data["sections"][section] = {"title": title, "environment": environment(), "rows": rows,
+    data["sections"][section] = {"title": title, "environment": environment(repeats), "rows": rows,
                                  "notes": notes or [], "details": details or {},
                                  "wall_seconds": round(time.perf_counter() - _STARTED, 1)}
     data["sections"] = dict(sorted(data["sections"].items()))

@@ -1,8 +1,9 @@
 """Item 7 (issue 13): per-trial fault injection on ResNet-18, qfi against pytorchfi 0.6, side by side.
 
 Model: torchvision ResNet-18 (qfi's ``resnet18``: random init, 10 classes, CIFAR stem), ~11.2 M weights in its
-conv layers; both tools fault those conv weights only, as 8-bit codes. One torch thread, one process; each
-repeat runs every path below once, in a rotating order (``_bench_common.paired``). What each timed call does:
+conv layers; both tools fault those conv weights only, as 8-bit codes. One torch thread, one process; each of
+5 repeats runs every path below once, in a rotating order (``_bench_common.paired``; ratios are medians of the
+per-repeat ratios). What each timed call does:
 
 * ``qfi_trial``: ``with qfi_trial_weights(model, injector, t): pass`` for a new trial ``t``, nothing else. The
   model is ``quantize_model(resnet18, "minmax", wbits=8, abits=32, first_last_bits=None)`` (8-bit symmetric
@@ -60,6 +61,7 @@ BATCH = 32
 VS_PEER = {1e-4: 100.0}  # qfi at least this many times faster than pytorchfi
 VS_QUANTIZE = {1e-5: 0.1, 1e-4: 0.25}  # qfi's trial at most this share of its quantize-only time
 NOT_INSTALLED = "not installed (pip install 'qfi[bench]')"
+REPEATS = 5  # _bench_common's floor, not its default: one pytorchfi trial at ber 1e-3 takes seconds
 
 
 @contextmanager
@@ -73,11 +75,6 @@ def qfi_trial_weights(model: nn.Module, injector: FaultInjector, trial: int) -> 
     injector.set_trial(trial)
     with frozen_weights(model):
         yield injector.flips_total()
-
-
-def ber_name(ber: float) -> str:
-    """'1e-5' rather than '1e-05'."""
-    return f"{ber:.0e}".replace("e-0", "e-")
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -201,9 +198,10 @@ def measure(device: str = "cpu", suffix: str = "") -> tuple[list[dict], dict]:
             if peer is not None:
                 peer.split.clear()
                 fns["pytorchfi_trial"] = lambda: peer.trial(n_faults)
-            times = bc.paired(fns, device=device, warmup=1 if ber == BERS[0] else 0)  # later rates: all warm
+            times = bc.paired(fns, repeats=REPEATS, device=device,
+                              warmup=1 if ber == BERS[0] else 0)  # later rates: everything is warm
             injector.detach()
-            name = ber_name(ber)
+            name = bc.ber(ber)
             d = details["bers"][name] = {"seconds": bc.medians(times), "qfi_flips_per_trial": flips[-1],
                                          "expected_flips": ber * n_bits}
             if peer is not None:
@@ -276,7 +274,8 @@ def main() -> None:
     bc.setup()
     print("bench 7: per-trial injection, qfi vs pytorchfi (ResNet-18)")
     rows, details = measure("cpu")
-    bc.record("7_peer", "per-trial injection against pytorchfi", rows, details, notes_for(rows, details))
+    bc.record("7_peer", "per-trial injection against pytorchfi", rows, details, notes_for(rows, details),
+              repeats=REPEATS)
 
 
 if __name__ == "__main__":

@@ -80,19 +80,21 @@ def main() -> None:
     top = details["seconds"][f"{BERS[-1]:g}"]
     notes = [f"Sampling: qfi = nested sparse sampler + positions_to_masks + apply_mask on a copy of "
              f"{N_CODES / 1e6:.1f} M int8 codes; dense = one float32 `torch.rand` per bit, compare, pack, XOR "
-             f"(Stutz et al.); floor = `codes.clone()`. At ber {BERS[-1]:g}, {top['codes_changed'] / N_CODES:.1%} of "
-             "the codes changed in this run, so no target applies there."]
+             f"(Stutz et al.); floor = `codes.clone()`. At ber {bc.ber(BERS[-1])}, "
+             f"{top['codes_changed'] / N_CODES:.1%} of the codes changed in this run, so no target applies there."]
     slow = [r["item"].split(", ber ")[1].split(":")[0] for r in rows if "vs dense" in r["item"] and r["met"] is False]
     if slow:
         ber = float(slow[0])
         sec = details["seconds"][slow[0]]
         _, upper = level_bounds(level_of(ber))
         rest = sec["qfi"] - sec["sampler_only"] - sec["clone"]
-        notes.append(f"Missed (sampling vs dense at ber {', '.join(slow)}): at ber {slow[0]}, {sec['bits_flipped']:,} "
+        notes.append(f"Missed (sampling vs dense at ber {', '.join(bc.ber(float(b)) for b in slow)}): at ber "
+                     f"{bc.ber(ber)}, {sec['bits_flipped']:,} "
                      f"bits flipped. Of qfi's {bc.ms(sec['qfi'])}, the sampler alone took "
                      f"{bc.ms(sec['sampler_only'])}: the rate lies in the ladder level [2^{math.log2(upper) - 1:.0f}, "
-                     f"2^{math.log2(upper):.0f}), whose bits it draws as candidates, {upper / ber:.2f} times the flips "
-                     f"in expectation, then sorts and merges; the copy (`clone()` alone) took "
+                     f"2^{math.log2(upper):.0f}), so it draws as candidates every bit whose U falls below "
+                     f"2^{math.log2(upper):.0f}, {upper / ber:.2f} times the flips in expectation, then sorts and "
+                     "merges them; the copy (`clone()` alone) took "
                      f"{bc.ms(sec['clone'])}"
                      + (f" and the O(flips) torch work (gather, apply_mask in int64, scatter) the remaining "
                         f"{bc.ms(rest)}" if rest > 0 else "")

@@ -132,8 +132,10 @@ def main() -> None:
         split, evaluation = details["one_sweep_split_seconds"], details["seconds"]["points_eval"]
         notes.append(f"Missed (sweep): one sweep of {split['wall']:.2f} s spent {split['inject_eval_jobs']:.2f} s in "
                      f"its {len(BERS)} inject_eval jobs (their evaluation alone, on the model loaded once, median: "
-                     f"{evaluation:.2f} s, {evaluation / len(BERS):.2f} s per point; the rest of the jobs' time is "
-                     f"loading the checkpoint and writing results.json), {split['aggregate_summary_plot']:.2f} s on "
+                     f"{evaluation:.2f} s, {evaluation / len(BERS):.2f} s per point"
+                     + ("; the rest of the jobs' time is loading the checkpoint and writing results.json"
+                        if split["inject_eval_jobs"] > evaluation else "")
+                     + f"), {split['aggregate_summary_plot']:.2f} s on "
                      f"summary.csv + table + ber_curve.png and {split['cli_checks_and_hydra']:.2f} s in the CLI's "
                      "override check and Hydra, which composes the whole config tree again for every job, twice "
                      "(the basic sweeper validates each job's config, then the launcher composes it to run it); the "
