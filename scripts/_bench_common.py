@@ -32,6 +32,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 REPEATS = max(5, int(os.environ.get("QFI_BENCH_REPEATS", "7")))
 NOT_MEASURED = "not measured: no CUDA device"
+_STARTED = time.perf_counter()  # a section's wall time runs from its script's import of this module to record()
 
 
 def setup() -> int:
@@ -58,14 +59,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment() -> dict[str, Any]:
+def environment(repeats: int = REPEATS) -> dict[str, Any]:
     """The machine, thread count and library versions a section was measured with."""
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "cuda": cuda, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "os": f"{platform.system()} {platform.release()}",
-        "repeats": REPEATS, "date": time.strftime("%Y-%m-%d"),
+        "repeats": repeats, "date": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -100,9 +101,25 @@ def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
+def ratio_range(times: dict[str, list[float]], num: str, den: str) -> tuple[float, float]:
+    """Smallest and largest per-repeat ratio time(num) / time(den): how far one run's repeats spread."""
+    values = [a / b for a, b in zip(times[num], times[den])]
+    return float(f"{min(values):.4g}"), float(f"{max(values):.4g}")
+
+
 def medians(times: dict[str, list[float]]) -> dict[str, float]:
     """Median seconds of each timed function (rounded for the record)."""
     return {k: float(f"{statistics.median(v):.6g}") for k, v in times.items()}
+
+
+def ber(rate: float) -> str:
+    """A bit error rate for a note: '1e-5' rather than '1e-05' or '0.0001'."""
+    return f"{rate:.0e}".replace("e-0", "e-")
+
+
+def ms(seconds: float) -> str:
+    """A duration for a note: milliseconds below 10 s, else seconds."""
+    return f"{1e3 * seconds:,.1f} ms" if seconds < 10 else f"{seconds:,.1f} s"
 
 
 def row(item: str, value: float | None, target: str, met: bool | None, shown: str | None = None,
@@ -152,12 +169,13 @@ def load_results() -> dict[str, Any]:
 
 
 def record(section: str, title: str, rows: list[dict[str, Any]], details: dict[str, Any] | None = None,
-           notes: list[str] | None = None) -> None:
+           notes: list[str] | None = None, repeats: int = REPEATS) -> None:
     """Merge one script's section into bench/results.json (other sections are kept) and re-render results.md."""
     BENCH_DIR.mkdir(exist_ok=True)
     data = load_results()
-    data["sections"][section] = {"title": title, "environment": environment(), "rows": rows,
-                                 "notes": notes or [], "details": details or {}}
+    data["sections"][section] = {"title": title, "environment": environment(repeats), "rows": rows,
+                                 "notes": notes or [], "details": details or {},
+                                 "wall_seconds": round(time.perf_counter() - _STARTED, 1)}
     data["sections"] = dict(sorted(data["sections"].items()))
     tmp = RESULTS_JSON.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
@@ -205,7 +223,7 @@ def update_readme() -> None:
     if not data["sections"]:
         print("no benchmark results yet: run `make bench`", file=sys.stderr)
         return
-    block = f"{BEGIN}\n{PERFORMANCE_INTRO}\n\n{render_table(data)}{END}"
+    block = f"{BEGIN}\n{performance_intro(data)}\n\n{render_table(data)}{END}"
     text = README.read_text()
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -215,13 +233,19 @@ def update_readme() -> None:
     README.write_text(text)
 
 
-PERFORMANCE_INTRO = (
-    "Reproduce with `make bench` (about 4 minutes on 2 CPU cores): it runs `scripts/bench_*.py`, writes "
-    "`bench/results.json` (machine, threads, torch version, the seconds behind every ratio) and `bench/results.md`, "
-    "and copies the table here. Each figure is a ratio of two code paths timed side by side in one run, the "
-    "median over at least 5 repeats of the per-repeat ratios; torch runs on 1 thread unless `QFI_BENCH_THREADS` "
-    "says otherwise (0: every core), which keeps ratios stable on a shared machine. On a machine with CUDA, "
-    "`scripts/bench_cuda.py` also measures the CUDA figures (item 6).")
+def performance_intro(data: dict[str, Any]) -> str:
+    """README's paragraph above the table; its durations are the recorded sections' wall times."""
+    sections = data["sections"].values()
+    cores = "/".join(map(str, sorted({sec["environment"]["cores"] for sec in sections})))
+    took = (f" (the scripts behind this table ran {sum(sec['wall_seconds'] for sec in sections) / 60:.1f} minutes "
+            f"on {cores} CPU cores)" if all("wall_seconds" in sec for sec in sections) else "")
+    return (f"Reproduce with `make bench`{took}: it installs the `bench` extra (pytorchfi, the peer of item 7), "
+            "runs `scripts/bench_*.py`, writes `bench/results.json` (machine, threads, torch version, the seconds "
+            "behind every ratio) and `bench/results.md`, and copies the table here. Each figure is a ratio of two "
+            "code paths timed side by side in one run, the median over at least 5 repeats of the per-repeat "
+            "ratios; torch runs on 1 thread unless `QFI_BENCH_THREADS` says otherwise (0: every core), which keeps "
+            "ratios stable on a shared machine. Every figure in the notes below the table was measured in the same "
+            "run. On a machine with CUDA, `scripts/bench_cuda.py` also measures the CUDA figures (item 6).")
 
 
 if __name__ == "__main__":

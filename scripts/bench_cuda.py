@@ -110,8 +110,8 @@ def main() -> None:
     r, d = batched_patterns("cpu", " [cpu]")
     rows += r
     details["batched_patterns_cpu"] = d
-    notes.append(f"Batched patterns: {PATTERNS} faulty weight sets at ber 1e-3 from FaultInjector, evaluated with "
-                 "torch.func.vmap over the stacked frozen weights (grouped convolutions) against one by one; no "
+    notes.append(f"Batched patterns: {PATTERNS} faulty weight sets at ber {bc.ber(BER)} from FaultInjector, evaluated "
+                 "with torch.func.vmap over the stacked frozen weights (grouped convolutions) against one by one; no "
                  "target is set for them.")
     bc.record("6_cuda", "CUDA and batched fault patterns", rows, details, notes)
 

@@ -80,8 +80,8 @@ def main() -> None:
     bc.setup()
     print("bench 4: data path")
     rows, details = measure("cpu")
-    notes = ["Data: one epoch of 50,000 CIFAR-shaped uint8 images in shuffled batches of 128, normalised to float32; "
-             "DataLoader with default collate and no worker processes (augmented: torchvision RandomCrop + "
+    notes = [f"Data: one epoch of {N_TRAIN:,} CIFAR-shaped uint8 images in shuffled batches of {BATCH}, normalised to "
+             "float32; DataLoader with default collate and no worker processes (augmented: torchvision RandomCrop + "
              "RandomHorizontalFlip per image)."]
     bc.record("4_data", "data path", rows, details, notes)
 

@@ -8,6 +8,9 @@ embedded digits data (450 test images, the engine's batch of 1000).
 (a) T = 5 trials at ber 1e-3 (quantize, inject, evaluate each) against T clean evaluations of the same model.
 (b) One evaluation of the quantized model with cached (frozen) weights against the float model it was made from,
     run under ``torch.inference_mode()`` with the same batches.
+
+For the notes (no row): quantizing the weights alone (``frozen_weights`` with the injector disabled, no forward),
+timed with (a), and the same quantized model with float activations (``abits=32``), timed with (b).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from qfi_cli.data import InMemoryDataset, load_dataset
 from qfi_cli.engine.common import predict_correct
 from qfi_cli.faults import FaultConfig, FaultInjector
 from qfi_cli.models import build_model
-from qfi_cli.quant import calibrate, frozen_weights, quantize_model
+from qfi_cli.quant import calibrate, frozen_weights, quantize_model, quantized_layers
 
 TRIALS = 5
 BER = 1e-3
@@ -84,19 +87,29 @@ def measure(device: str = "cpu", suffix: str = "") -> tuple[list[dict], dict]:
                 with injector.disabled(), frozen_weights(model):
                     predict_correct(model, data, bs)
 
-        times = bc.paired({"inject_eval": faulty, "clean_eval": clean}, device=device)
+        def quantize_only() -> None:  # the weight quantization that both sides above pay once per evaluation
+            with injector.disabled(), frozen_weights(model):
+                pass
+
+        times = bc.paired({"inject_eval": faulty, "clean_eval": clean, "quantize_only": quantize_only},
+                          device=device)
+        n_layers = len(injector.layers)
         injector.detach()
         r_inject = bc.ratio(times, "inject_eval", "clean_eval")
 
-        def quant_eval() -> None:
-            with frozen_weights(model):
-                predict_correct(model, data, bs)
+        def quant_eval(m: nn.Module = model) -> None:
+            with frozen_weights(m):
+                predict_correct(m, data, bs)
 
+        weights_only = copy.deepcopy(model)  # the same quantized weights, float activations
+        for _, layer in quantized_layers(weights_only):
+            layer.abits = 32
         t2 = bc.paired({"quantized_cached": quant_eval,
+                        "weights_only_cached": lambda: quant_eval(weights_only),
                         "float_inference": lambda: predict_float(float_model, data, bs)}, device=device)
         r_quant = bc.ratio(t2, "quantized_cached", "float_inference")
         details[name] = {"batch": bs, "test_images": data.size("test"), "trials": TRIALS, "ber": BER,
-                         "seconds": {**bc.medians(times), **bc.medians(t2)}}
+                         "quantized_layers": n_layers, "seconds": {**bc.medians(times), **bc.medians(t2)}}
         rows.append(bc.at_most(f"2. inject-eval, {TRIALS} trials at ber 1e-3 vs {TRIALS} clean evals, {name}{suffix}",
                                r_inject, 1.10))
         rows.append(bc.at_most(f"2. quantized eval (cached weights) vs float model (inference mode), {name}{suffix}",
@@ -108,26 +121,40 @@ def main() -> None:
     bc.setup()
     print("bench 2: inject-eval and quantized evaluation")
     rows, details = measure("cpu")
-    notes = ["Eval: ResNet-20 on CIFAR-shaped data (256 test images, one batch) and digits_cnn on digits (450, batch "
-             "1000), 8-bit LSQ weights and activations, through FaultInjector + frozen_weights + predict_correct; "
-             "the float model runs the same batches under torch.inference_mode()."]
-    if bc.missed(rows, "inject-eval"):
-        notes.append("Missed (inject-eval, " + ", ".join(n.rsplit(", ", 1)[-1] for n in bc.missed(rows, "inject-eval"))
-                     + "): a trial's faults cost a fixed ~0.2-0.4 ms per layer whatever its size (one numpy "
-                     "stream per layer, its ladder counts in one vectorised draw, then ~15 small torch ops) plus "
-                     "re-quantizing the weights once per trial. digits_cnn evaluates 450 8x8 images in ~9 ms, so its "
-                     "4 layers add 10-20%; ResNet-20 on 256 CIFAR images stays within a few %. What would get "
-                     "there: a larger test set, or evaluating several trials' patterns in one batched forward.")
-    if bc.missed(rows, "quantized eval"):
-        notes.append("Missed (quantized eval vs float, " + ", ".join(n.rsplit(", ", 1)[-1] for n in
-                                                                    bc.missed(rows, "quantized eval"))
-                     + "): 8-bit activations cost 4 elementwise passes over every quantized layer's input (x / s, "
-                     "clamp, round, * s; now one new tensor and 3 in-place ops instead of 6 new tensors: 1.9x -> "
-                     "~1.3x on ResNet-20), memory-bound at ~1 ns per element on one core, i.e. ~100 ms of a ~350 ms "
-                     "ResNet-20 forward. Exact division keeps the codes bit-identical, so multiplying by 1/s or "
-                     "torch.fake_quantize_per_tensor_affine (also slower here) are out. A fused one-pass kernel "
-                     "(torch.compile of the same ops, bit-identical) measured ~1.20x; getting to 1.15x needs that "
-                     "plus folding the activation scale into the next layer.")
+    notes = ["Eval: " + " and ".join(
+        f"{name} ({d['test_images']} test images, batch {d['batch']})" for name, d in details.items())
+        + ", 8-bit LSQ weights and activations, through FaultInjector + frozen_weights + predict_correct; the float "
+        "model runs the same batches under torch.inference_mode()."]
+    slow = [n.rsplit(", ", 1)[-1] for n in bc.missed(rows, "inject-eval")]
+    if slow:
+        parts = []
+        for name, d in details.items():
+            s = d["seconds"]
+            extra = (s["inject_eval"] - s["clean_eval"]) / d["trials"]
+            parts.append(f"{name}: {bc.ms(extra)} per trial over its {d['quantized_layers']} quantized layers "
+                         f"({bc.ms(extra / d['quantized_layers'])} per layer), against a clean evaluation of "
+                         f"{bc.ms(s['clean_eval'] / d['trials'])}, of which {bc.ms(s['quantize_only'])} quantize the "
+                         "weights (timed alone)")
+        notes.append(f"Missed (inject-eval, {', '.join(slow)}): medians of this run, the faults' cost (faulty minus "
+                     "clean evaluation) is " + "; ".join(parts) + ". Each faulted layer costs a trial its own "
+                     "random stream, sampler set-up and a few small torch ops, paid against the evaluation of a "
+                     "small, fast test set. What would get there: a trial that costs its flips only (issue 13), or a "
+                     "larger test set.")
+    slow = [n.rsplit(", ", 1)[-1] for n in bc.missed(rows, "quantized eval")]
+    if slow:
+        parts = []
+        for name in slow:
+            s = details[name]["seconds"]
+            parts.append(f"{name}: float {bc.ms(s['float_inference'])}, quantized weights only "
+                         f"{bc.ms(s['weights_only_cached'])}, quantized weights and activations "
+                         f"{bc.ms(s['quantized_cached'])}")
+        notes.append(f"Missed (quantized eval vs float, {', '.join(slow)}): one evaluation, medians of this run, "
+                     + "; ".join(parts) + ". The difference between the last two is the activations' fake "
+                     "quantization: elementwise, memory-bound passes over every quantized layer's input (x / s, "
+                     "clamp, round, * s). Exact division keeps the codes bit-identical, so multiplying by 1/s or "
+                     "torch.fake_quantize_per_tensor_affine are out. What would get there: a fused one-pass kernel "
+                     "for those passes (e.g. torch.compile of the same ops) plus folding the activation scale into "
+                     "the next layer.")
     bc.record("2_eval", "inject-eval and quantized evaluation", rows, details, notes)
 
 
