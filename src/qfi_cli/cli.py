@@ -7,6 +7,7 @@ Hydra's own flags (``--cfg job`` prints the composed config).
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -17,7 +18,7 @@ from rich.text import Text
 
 from qfi_cli.errors import QfiError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                   help="qfi: train quantized networks (with SAM) and measure how they survive bit errors "
                        "in their stored weight codes.")
 console = Console()
@@ -25,7 +26,10 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 LAUNCHERS = {"basic": None, "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
              "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
              "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-             "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
+             "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+             "ray": ("hydra_plugins.hydra_ray_launcher", "ray")}
+# The ray launcher starts a private Ray instance: loopback only, no dashboard, no usage statistics sent.
+RAY_LOCAL = ["+hydra.launcher.ray.init._node_ip_address=127.0.0.1", "+hydra.launcher.ray.init.include_dashboard=false"]
 
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides, e.g. train.lr=0.05 quant=minmax; "
                                                                 "or --cfg job to print the composed config.",
@@ -144,7 +148,8 @@ def sweep(
     bers: Annotated[Optional[str], typer.Option(help="Comma-separated bit error rates, e.g. 1e-5,1e-4,1e-3.")] = None,
     trials: Annotated[Optional[int], typer.Option(help="Fault patterns per point.")] = None,
     launcher: Annotated[str, typer.Option(help="Hydra launcher: basic, joblib, submitit_local, submitit_slurm "
-                                               "(or slurm: the example in conf/hydra/launcher).")] = "basic",
+                                               "(or slurm: the example in conf/hydra/launcher), ray (a local "
+                                               "Ray instance).")] = "basic",
     out: Out = None,
     train_models: Annotated[bool, typer.Option("--train", help="Train each distinct model of the grid once, "
                                                                "then evaluate it at every BER.")] = False,
@@ -161,6 +166,9 @@ def sweep(
     if LAUNCHERS[launcher] and importlib.util.find_spec(LAUNCHERS[launcher][0]) is None:
         _fail(f"the {launcher} launcher is not installed: pip install 'qfi[{LAUNCHERS[launcher][1]}]'")
     ov = ["--multirun", "command=inject_eval", f"hydra/launcher={launcher}"]
+    if launcher == "ray":
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ov += RAY_LOCAL
     _opt(ov, "checkpoint", checkpoint.resolve() if checkpoint else None)
     _opt(ov, "fault.ber", bers)
     _opt(ov, "eval.trials", trials)

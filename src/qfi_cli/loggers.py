@@ -41,7 +41,6 @@ from qfi_cli.registry import Registry
 METRICS_CSV = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 MLRUNS_DIR = "mlruns"
-STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -72,7 +71,8 @@ def scalars(values: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _import_failed(extra: str, package: str, error: ImportError) -> QfiError:
-    """A one-line error for a tracker library that is missing (name the extra) or that fails to import."""
+    """A one-line error for a tracker library that is missing or fails to import (``extra`` names the logger,
+    qfi's extra and the library's module alike)."""
     if importlib.util.find_spec(extra) is None:
         return QfiError(f"the {extra} logger needs {package}: pip install 'qfi[{extra}]'")
     return QfiError(f"{package} is installed but fails to import: {str(error).strip().splitlines()[0]}")

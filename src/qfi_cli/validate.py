@@ -13,7 +13,7 @@ from qfi_cli.errors import QfiError
 from qfi_cli.paths import conf_dir
 
 GROUPS = {"model": "model", "data": "data set", "quant": "quantizer", "sam": "SAM setting", "fault": "fault model",
-          "train": "training recipe", "sweep": "named sweep"}
+          "train": "training recipe", "sweep": "named sweep", "logger": "logger"}
 # Hydra's flags that take a value in the next token.
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name", "-cn", "--config-dir", "-cd",
                "--experimental-rerun"}
