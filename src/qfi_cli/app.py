@@ -30,6 +30,7 @@ from qfi_cli.errors import QfiError, first_line
 from qfi_cli.io import latest_checkpoint, load_checkpoint, read_json, record_latest, write_json
 from qfi_cli.layout import LAST as LAST_CHECKPOINT
 from qfi_cli.layout import MODEL, MODELS_DIR, RESULTS, TRAIN_CONFIG
+from qfi_cli.loggers import log_run
 from qfi_cli.paths import conf_dir
 from qfi_cli.progress import Reporter
 from qfi_cli.registry import Registry
@@ -250,6 +251,8 @@ def _inject_eval_command(job: Job) -> Any:
                 i = next(pending)
                 res.update(status="ok", point=_rate_point(job, *levels[i]))
                 write_json(paths[i], res)
+                log_run(cfg.logger, paths[i].parent, cfg.paths.root, {**cfg.as_dict(), "point": res["point"]}, res,
+                        [paths[i]])
                 results[i] = res
 
             inject_eval(part, checkpoint, job.reporter, expect, on_result=save)

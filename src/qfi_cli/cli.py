@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import sys
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -33,7 +34,10 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 LAUNCHERS = {"basic": None, "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
              "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
              "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-             "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
+             "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+             "ray": ("hydra_plugins.hydra_ray_launcher", "ray")}
+# The ray launcher starts a private Ray instance: loopback only, no dashboard, no usage statistics sent.
+RAY_LOCAL = ["+hydra.launcher.ray.init._node_ip_address=127.0.0.1", "+hydra.launcher.ray.init.include_dashboard=false"]
 SWEEP_STATE = ".qfi_sweep.json"  # a sweep directory's fixed settings (what every point shares)
 
 
@@ -253,7 +257,8 @@ def sweep(
                                                 show_default=False)] = None,
     trials: Annotated[Optional[int], typer.Option(help="Fault patterns per point.", show_default="10")] = None,
     launcher: Annotated[str, typer.Option(help="Hydra launcher: basic, joblib, submitit_local, submitit_slurm "
-                                               "(or slurm: the example in conf/hydra/launcher).")] = "basic",
+                                               "(or slurm: the example in conf/hydra/launcher), ray (a local "
+                                               "Ray instance).")] = "basic",
     out: Out = None,
     train_models: Annotated[bool, typer.Option("--train", help="Train each distinct model of the grid once, "
                                                                "then evaluate it at every BER.")] = False,
@@ -274,6 +279,9 @@ def sweep(
     if LAUNCHERS[launcher] and importlib.util.find_spec(LAUNCHERS[launcher][0]) is None:
         _fail(f"the {launcher} launcher is not installed: pip install 'qfi[{LAUNCHERS[launcher][1]}]'")
     ov = ["command=inject_eval", f"hydra/launcher={launcher}"]
+    if launcher == "ray":
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ov += RAY_LOCAL
     _opt(ov, "checkpoint", checkpoint.resolve() if checkpoint else None)
     if bers is not None:
         ov.append(f"eval.bers=[{','.join(repr(b) for b in _bers(bers))}]")

@@ -192,6 +192,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: dict = field(default_factory=lambda: {"name": "csv"})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":

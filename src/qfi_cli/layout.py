@@ -11,7 +11,11 @@ LAST = "last.pt"                  # train: the state after the last finished epo
 METRICS = "metrics.json"          # train: test accuracy, losses, history
 TRAIN_CONFIG = "train_config.json"  # sweep --train: the config a shared model was trained with
 SUMMARY = "summary.csv"           # sweep: one row per point and bit error rate
-BER_CURVE = "ber_curve.png"       # sweep: accuracy against BER
+BER_CURVE = "ber_curve.png"       # sweep: accuracy against BER, one line per configuration
+RERR_CURVE = "rerr_curve.png"     # sweep: robust error against BER
+TABLE_MD = "table.md"             # sweep: the study table (Stutz et al.'s layout), with its caption
+TABLE_CSV = "table.csv"           # sweep: the same numbers, machine-readable
+PAIRED = "paired.csv"             # sweep: paired differences between configurations that differ in one factor
 MODELS_DIR = "models"             # sweep --train: <sweep dir>/models/<digest>/
 LATEST_FILE = "latest_checkpoint.txt"  # outputs root: the model `qfi train` wrote last
 

@@ -33,6 +33,7 @@ from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultConfig, FaultInjector
 from qfi_cli.io import load_checkpoint, save_checkpoint, write_json
 from qfi_cli.layout import LAST, METRICS, MODEL
+from qfi_cli.loggers import make_logger, scalars
 from qfi_cli.optim import SAM
 from qfi_cli.optim.sam import frozen_bn_stats
 from qfi_cli.progress import Reporter
@@ -129,71 +130,78 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
 
     batch_size = tcfg.batch_size
     steps = data.num_batches("train", batch_size, limit=tcfg.limit)
-    with reporter.task("train", total=(epochs - start_epoch) * steps) as advance:
-        for epoch in range(start_epoch, epochs):
-            model.train()
-            loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-            for i, (x, y) in enumerate(data.batches("train", batch_size, shuffle=True, generator=generator,
-                                                    augment=True, limit=tcfg.limit)):
-                step = epoch * steps + i
-                bet_on = bet_on or (bet is not None and last_clean < tcfg.bet.start_loss)
-                with ExitStack() as stack:
-                    if faulty is not None:
-                        stack.enter_context(faulty.step(step))
-                    if bet is not None:
-                        stack.enter_context(bet.step(step))
+    with make_logger(cfg.logger, out_dir, cfg.paths.root) as tracker:
+        tracker.log_params(cfg.as_dict())
+        for row in history:  # a resumed run's tracker gets the curve so far
+            tracker.log_metrics(scalars({k: v for k, v in row.items() if k != "epoch"}), step=row["epoch"])
+        with reporter.task("train", total=(epochs - start_epoch) * steps) as advance:
+            for epoch in range(start_epoch, epochs):
+                model.train()
+                loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+                for i, (x, y) in enumerate(data.batches("train", batch_size, shuffle=True, generator=generator,
+                                                        augment=True, limit=tcfg.limit)):
+                    step = epoch * steps + i
+                    bet_on = bet_on or (bet is not None and last_clean < tcfg.bet.start_loss)
+                    with ExitStack() as stack:
+                        if faulty is not None:
+                            stack.enter_context(faulty.step(step))
+                        if bet is not None:
+                            stack.enter_context(bet.step(step))
 
-                    def objective() -> tuple[torch.Tensor, torch.Tensor]:
-                        with bet.disabled() if bet is not None else nullcontext():
-                            logits = model(x)
-                            loss = F.cross_entropy(logits, y)
-                        if bet_on:  # RandBET: plus the loss under this step's random pattern (BN statistics kept)
-                            with frozen_bn_stats(model):
-                                loss = loss + tcfg.bet.weight * F.cross_entropy(model(x), y)
-                        return loss, logits
+                        def objective() -> tuple[torch.Tensor, torch.Tensor]:
+                            with bet.disabled() if bet is not None else nullcontext():
+                                logits = model(x)
+                                loss = F.cross_entropy(logits, y)
+                            if bet_on:  # RandBET: plus the loss under this step's random pattern (BN statistics kept)
+                                with frozen_bn_stats(model):
+                                    loss = loss + tcfg.bet.weight * F.cross_entropy(model(x), y)
+                            return loss, logits
 
-                    loss, logits = sam.step(objective)
-                    clean_loss = F.cross_entropy(logits.detach(), y) if bet is not None else None
-                if tcfg.clip_weights is not None:
-                    clip_weights(model, tcfg.clip_weights)
-                if clean_loss is not None:
-                    last_clean = float(clean_loss)
-                loss_sum += loss * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                advance(1, "")
-            scheduler.step()
-            train_loss = float(loss_sum) / seen
-            if not math.isfinite(train_loss):
-                raise QfiError(f"training diverged at epoch {epoch + 1} (loss {train_loss}): lower train.lr or rho")
-            model.eval()
+                        loss, logits = sam.step(objective)
+                        clean_loss = F.cross_entropy(logits.detach(), y) if bet is not None else None
+                    if tcfg.clip_weights is not None:
+                        clip_weights(model, tcfg.clip_weights)
+                    if clean_loss is not None:
+                        last_clean = float(clean_loss)
+                    loss_sum += loss * len(y)
+                    correct += (logits.argmax(1) == y).sum()
+                    seen += len(y)
+                    advance(1, "")
+                scheduler.step()
+                train_loss = float(loss_sum) / seen
+                if not math.isfinite(train_loss):
+                    raise QfiError(f"training diverged at epoch {epoch + 1} (loss {train_loss}): lower train.lr or rho")
+                model.eval()
+                correct_test = predict_correct(model, data, cfg.eval.batch_size)[0]
+                test_acc = int(correct_test.sum()) / correct_test.numel()
+                history.append({"epoch": epoch + 1, "train_loss": train_loss,
+                                "train_accuracy": float(correct) / seen, "test_accuracy": test_acc})
+                tracker.log_metrics(scalars({k: v for k, v in history[-1].items() if k != "epoch"}), step=epoch + 1)
+                advance(0, f"epoch {epoch + 1}/{epochs} loss {train_loss:.4f} test acc {test_acc:.4f}")
+                save_checkpoint(out_dir / LAST, model.state_dict(), cfg.as_dict(), epoch=epoch + 1, history=history,
+                                optimizer=base.state_dict(), scheduler=scheduler.state_dict(),
+                                generator=generator.get_state(), torch_rng=torch.get_rng_state(),
+                                seconds=prior_seconds + time.perf_counter() - start_time, bet_on=bet_on,
+                                last_clean_loss=last_clean)
+        for injector in (faulty, bet):
+            if injector is not None:
+                injector.detach()
+        sam.clear()
+        model.eval()
+        if history:
+            last = history[-1]
+        else:  # post-training quantization: calibrated, not trained
             correct_test = predict_correct(model, data, cfg.eval.batch_size)[0]
-            test_acc = int(correct_test.sum()) / correct_test.numel()
-            history.append({"epoch": epoch + 1, "train_loss": train_loss,
-                            "train_accuracy": float(correct) / seen, "test_accuracy": test_acc})
-            advance(0, f"epoch {epoch + 1}/{epochs} loss {train_loss:.4f} test acc {test_acc:.4f}")
-            save_checkpoint(out_dir / LAST, model.state_dict(), cfg.as_dict(), epoch=epoch + 1, history=history,
-                            optimizer=base.state_dict(), scheduler=scheduler.state_dict(),
-                            generator=generator.get_state(), torch_rng=torch.get_rng_state(),
-                            seconds=prior_seconds + time.perf_counter() - start_time, bet_on=bet_on,
-                            last_clean_loss=last_clean)
-    for injector in (faulty, bet):
-        if injector is not None:
-            injector.detach()
-    sam.clear()
-    model.eval()
-    if history:
-        last = history[-1]
-    else:  # post-training quantization: calibrated, not trained
-        correct_test = predict_correct(model, data, cfg.eval.batch_size)[0]
-        last = {"test_accuracy": int(correct_test.sum()) / correct_test.numel(), "train_loss": None,
-                "train_accuracy": None}
-    metrics = {"test_accuracy": last["test_accuracy"], "train_loss": last["train_loss"],
-               "train_accuracy": last["train_accuracy"], "epochs": epochs,
-               **sharpness(model, data, rho=tcfg.sharpness_rho, batch_size=tcfg.sharpness_batch, seed=cfg.seed),
-               "seconds": round(prior_seconds + time.perf_counter() - start_time, 3), "device": str(device),
-               "history": history}
-    save_checkpoint(out_dir / MODEL, model.state_dict(), cfg.as_dict(), metrics={k: v for k, v in metrics.items()
-                                                                                 if k != "history"})
-    write_json(out_dir / METRICS, metrics)
+            last = {"test_accuracy": int(correct_test.sum()) / correct_test.numel(), "train_loss": None,
+                    "train_accuracy": None}
+        metrics = {"test_accuracy": last["test_accuracy"], "train_loss": last["train_loss"],
+                   "train_accuracy": last["train_accuracy"], "epochs": epochs,
+                   **sharpness(model, data, rho=tcfg.sharpness_rho, batch_size=tcfg.sharpness_batch, seed=cfg.seed),
+                   "seconds": round(prior_seconds + time.perf_counter() - start_time, 3), "device": str(device),
+                   "history": history}
+        save_checkpoint(out_dir / MODEL, model.state_dict(), cfg.as_dict(),
+                        metrics={k: v for k, v in metrics.items() if k != "history"})
+        write_json(out_dir / METRICS, metrics)
+        tracker.log_metrics(scalars({k: v for k, v in metrics.items() if k.startswith("sharpness")}))
+        tracker.log_artifact(out_dir / METRICS)
     return metrics

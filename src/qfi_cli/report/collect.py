@@ -25,9 +25,9 @@ from typing import Any, Iterable
 
 from qfi_cli.errors import QfiError
 from qfi_cli.io import read_json
+from qfi_cli.layout import MODELS_DIR, RESULTS
 from qfi_cli.stats import bootstrap_ci, describe_ci
 
-RESULTS = "results.json"
 BER_KEY = "fault.ber"
 SEED_KEY = "seed"  # the training seed: a replicate, not a factor
 RECIPE_KEY = "recipe"
@@ -141,7 +141,7 @@ def _result_files(root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and not (d == "models" and Path(dirpath) == root))
+                             and not (d == MODELS_DIR and Path(dirpath) == root))
         if RESULTS in filenames and os.path.isfile(os.path.join(dirpath, RESULTS)):
             found.append(Path(dirpath) / RESULTS)
     return found

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from qfi_cli.io import atomic_write
+from qfi_cli.layout import BER_CURVE, RERR_CURVE
 from qfi_cli.report.collect import RECIPE_KEY
 from qfi_cli.report.study import Config, Study, build_study
 from qfi_cli.report.tables import fmt_p
 from qfi_cli.stats import describe_ci
 
-BER_CURVE = "ber_curve.png"
-RERR_CURVE = "rerr_curve.png"
 MAX_PANELS = 6
 _METRICS = {
     "accuracy": ("accuracy (%)", "accuracy under random bit errors"),

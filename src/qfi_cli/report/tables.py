@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qfi_cli.io import atomic_write
+from qfi_cli.layout import PAIRED, SUMMARY, TABLE_CSV, TABLE_MD
 from qfi_cli.report.collect import BASELINE_RECIPE, COLUMNS, RECIPE_KEY, collect, swept_keys
 from qfi_cli.report.study import Config, Estimate, Pair, Study
 from qfi_cli.stats import describe_ci, describe_seed_ci
 
-SUMMARY = "summary.csv"
-TABLE_MD = "table.md"
-TABLE_CSV = "table.csv"
-PAIRED = "paired.csv"
 MARK = "*"
 NO_CI = "†"
 RERR_DEFINITION = ("RErr (robust error, Stutz et al., MLSys 2021): the fraction of test examples that are wrong "
