@@ -24,11 +24,12 @@ from rich.text import Text
 from qfi_cli import __version__
 from qfi_cli.errors import QfiError, first_line
 from qfi_cli.layout import POINT_DIR_EXCLUDED
+from qfi_cli.progress import wide_console
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                   help="qfi: train quantized networks (with SAM) and measure how they survive bit errors "
                        "in their stored weight codes.")
-console = Console()
+console = wide_console()
 errors = Console(stderr=True)
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 LAUNCHERS = {"basic": None, "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
