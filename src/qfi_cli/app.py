@@ -304,7 +304,8 @@ def _remove_if_empty(directory: Path) -> None:
 def task(cfg: DictConfig) -> Any:
     """Run one job (one sweep point when Hydra runs a multirun)."""
     hc = HydraConfig.get()
-    out_dir = Path(hc.runtime.output_dir)
+    # the directory Hydra made, read without resolving it again (a literal "${...}" in --out stays literal)
+    out_dir = Path(OmegaConf.to_container(hc.runtime, resolve=False)["output_dir"])
     multirun = hc.mode == RunMode.MULTIRUN
     reporter = Reporter(live=None if not multirun or hc.launcher.get("_target_", "").endswith("BasicLauncher")
                         else False)

@@ -353,19 +353,35 @@ def report(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (qf
         _fail(str(e))
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error classes (and "no arguments, show help"), from click and from Typer's own copy of it."""
+    modules = [click.exceptions]
+    try:
+        import typer._click.exceptions as vendored  # Typer >= 0.29 ships its own click
+
+        modules.append(vendored)
+    except ImportError:
+        pass
+    usage = tuple(m.ClickException for m in modules)
+    no_args = tuple(m.NoArgsIsHelpError for m in modules if hasattr(m, "NoArgsIsHelpError"))
+    return usage, no_args
+
+
 def main() -> None:
-    """Entry point: Typer's app with usage errors as one line (``error: ...``, exit 2)."""
+    """Entry point: Typer's app with usage errors as one line (``error: qfi CMD: ...``, exit 2)."""
+    usage, no_args = _click_exceptions()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="qfi", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError:
+    except no_args:
         raise SystemExit(0) from None
-    except click.ClickException as e:
-        name = e.ctx.command_path if getattr(e, "ctx", None) is not None else "qfi"
+    except usage as e:
+        ctx = getattr(e, "ctx", None)
+        name = ctx.command_path if ctx is not None else "qfi"
         errors.print(Text.assemble(("error: ", "bold red"), f"{name}: {first_line(e.format_message())}"),
                      highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
-    except click.exceptions.Abort:
+    except (KeyboardInterrupt, click.exceptions.Abort):
         raise SystemExit(130) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 
