@@ -47,8 +47,11 @@ def point_dirname(override_dirname: str) -> str:
     'fault.ber=0.0001,model=resnet20'
     >>> point_dirname("")
     'default'
+    >>> point_dirname("+model.hidden=4")  # Hydra's prefixes (+, ++, ~) are dropped, as the points' keys drop them
+    'model.hidden=4'
     """
-    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname) or "default"
+    bare = re.sub(r"(^|,)[+~]+(?=[A-Za-z_])", r"\1", override_dirname)
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", bare) or "default"
 
 
 def rate_dirname(ber: float | None, count: int | None = None) -> str:
@@ -123,10 +126,11 @@ def _resume_config(job: Job) -> RunConfig:
     if not (out / LAST_CHECKPOINT).is_file():
         raise QfiError(f"nothing to resume in {out}: no {LAST_CHECKPOINT} (start without --resume)")
     saved = load_checkpoint(out / LAST_CHECKPOINT, map_location="cpu")["config"]
+    given = job.cfg.as_dict()  # read as the saved config was (paths resolved: model.init, data.root)
     for key, value in job.explicit.items():
         if key.split(".")[0] in RESUME_FREE:
             continue
-        now = _select(job.composed, key)
+        now = _select(given, key)
         was = _select(saved, key)
         if isinstance(now, dict):  # a group choice: compare the whole section
             diff = next((k for k in now if now[k] != (was or {}).get(k)), None)

@@ -109,12 +109,12 @@ def _float_text(name: str, text: str | None) -> float | None:
 def _run(command: str, ov: list[str], overrides: list[str] | None, out: Path | None,
          multirun: bool = False) -> Any:
     from qfi_cli.app import run
-    from qfi_cli.validate import check_overrides, check_writable, hydra_flags, quote_values
+    from qfi_cli.validate import check_overrides, check_writable, hydra_flags, quote_values, target_overrides
 
     try:
         user = quote_values(list(overrides or []))
         flags = hydra_flags(user, command)
-        args = ov + user
+        args = target_overrides(ov + user)
         if flags:  # --cfg / --info / --resolve: Hydra prints; a sweep shows its first point's config
             from qfi_cli.validate import first_values
             return run([a for a in first_values(args) if a != "--multirun"])

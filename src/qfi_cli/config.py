@@ -25,7 +25,8 @@ from typing import Any, Optional
 from qfi_cli.errors import QfiError
 from qfi_cli.faults.models import FaultConfig
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
-from qfi_cli.typed import check_seed, require, section
+from qfi_cli.targets import TARGET, target_label
+from qfi_cli.typed import check_seed, coerce, require, section
 
 @dataclass
 class QuantConfig:
@@ -146,14 +147,35 @@ class EvalConfig:
 
 @dataclass
 class DataConfig:
-    """``data``: the data set's name and the local root its files are read from (``~`` expands)."""
+    """``data``: the data set's name and the local root its files are read from (``~`` expands); or the user's own
+    callable, ``data._target_`` (``target``): its other keys are the callable's arguments, ``name`` its label.
+
+    >>> DataConfig.from_plain({"_target_": "mypkg.data.make", "n": 100}, "data").as_dict()
+    {'_target_': 'mypkg.data.make', 'name': 'make', 'n': 100}
+    """
 
     name: str = "digits"
     root: Optional[str] = None
+    target: Optional[str] = field(default=None, init=False)
+    kwargs: dict = field(default_factory=dict, init=False)
+
+    @classmethod
+    def from_plain(cls, data: Any, path: str) -> "DataConfig":
+        if not (isinstance(data, dict) and TARGET in data):
+            return section(cls, data, path)
+        target = coerce(f"{path}.{TARGET}", data[TARGET], str)
+        out = cls(name=coerce(f"{path}.name", data.get("name", target_label(target)), str))
+        out.target, out.kwargs = target, {k: v for k, v in data.items() if k not in (TARGET, "name")}
+        return out
 
     def validated(self) -> "DataConfig":
         self.root = None if self.root is None else str(Path(self.root).expanduser())
         return self
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.target is not None:
+            return {TARGET: self.target, "name": self.name, **self.kwargs}
+        return {"name": self.name, "root": self.root}
 
 
 @dataclass
@@ -205,7 +227,15 @@ class RunConfig:
         require(self.command in COMMANDS, f"unknown command {self.command!r}: use {' or '.join(COMMANDS)}")
         check_seed("seed", self.seed)
         require(bool(DEVICE.match(self.device)), f"unknown device {self.device!r}: use auto, cpu or cuda[:N]")
-        require(isinstance(self.model.get("name"), str), "model.name must name a registered model")
+        target = self.model.get(TARGET)
+        require(isinstance(self.model.get("name"), str) or isinstance(target, str),
+                "model.name must name a registered model (or model._target_ your own class, e.g. mypkg.nets.MyNet)")
+        if isinstance(target, str):
+            self.model.setdefault("name", target_label(target))  # the label results and reports show
+        init = self.model.get("init")
+        require(init is None or isinstance(init, str), f"model.init must be a file path or null, got {init!r}")
+        if init is not None:  # the float state_dict loaded before quantization, stored resolved
+            self.model["init"] = str(Path(init).expanduser().resolve())
         if self.checkpoint is not None:
             self.checkpoint = str(Path(self.checkpoint).expanduser())
         return self

@@ -7,6 +7,7 @@ lower rate flips a subset of the bits it flips at a higher rate (nested patterns
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -16,12 +17,13 @@ from typing import Any, Callable
 
 import torch
 
-from qfi_cli.config import RunConfig
-from qfi_cli.data import InMemoryDataset, load_dataset
-from qfi_cli.engine.common import build_quantized_model, predict_correct, resolve_device
+from qfi_cli.config import DataConfig, RunConfig
+from qfi_cli.data import InMemoryDataset
+from qfi_cli.engine.common import build_quantized_model, load_data, predict_correct, resolve_device
 from qfi_cli.errors import QfiError, first_line
 from qfi_cli.faults import FaultInjector
 from qfi_cli.io import load_checkpoint
+from qfi_cli.models import model_label
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, weight_bits_total
 from qfi_cli.stats import bootstrap_ci, describe_ci
@@ -50,8 +52,8 @@ def _fraction(mask: torch.Tensor) -> float:
 
 
 @lru_cache(maxsize=4)
-def _cached_dataset(name: str, root: str | None, device: str) -> InMemoryDataset:
-    return load_dataset(name, root, device)
+def _cached_dataset(spec: str, root: str | None, device: str) -> InMemoryDataset:
+    return load_data(DataConfig.from_plain(json.loads(spec), "data"), device, root)
 
 
 def _select(cfg: dict[str, Any], dotted: str) -> Any:
@@ -80,8 +82,8 @@ def load_trained(checkpoint: str | Path, device: torch.device, data_root: str | 
         raise QfiError(f"checkpoint {checkpoint} holds a config this qfi cannot read: {e}") from None
     try:
         root = data_root if data_root is not None else tcfg.data.root
-        data = _cached_dataset(tcfg.data.name, root, str(device))
-        model = build_quantized_model(tcfg, data).to(device)
+        data = _cached_dataset(json.dumps(tcfg.data.as_dict(), sort_keys=True), root, str(device))
+        model = build_quantized_model(tcfg, data, init=False).to(device)  # model.pt's weights, not model.init
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError) as e:
         raise QfiError(f"checkpoint {checkpoint} does not match its model config: {first_line(e, 200)}") from None
@@ -153,7 +155,7 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
                         "nan_trials": nan_trials, "nonfinite_predictions": nonfinite,
                         "fault": fault.as_dict() | {"ber": ber, "count": fault.count if count is None else count},
                         "checkpoint": str(Path(checkpoint).resolve()),
-                        "model": saved["model"]["name"], "dataset": saved["data"]["name"],
+                        "model": model_label(saved["model"]), "dataset": saved["data"]["name"],
                         "recipe": saved.get("recipe"), "wbits": saved["quant"]["wbits"],
                         "quantizer": saved["quant"]["name"], "rho": saved["sam"]["rho"],
                         "train_metrics": ckpt.get("metrics") or {},

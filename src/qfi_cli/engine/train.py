@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from qfi_cli.config import RunConfig
-from qfi_cli.data import load_dataset
-from qfi_cli.engine.common import build_quantized_model, predict_correct, resolve_device, seed_everything
+from qfi_cli.engine.common import build_quantized_model, load_data, predict_correct, resolve_device, seed_everything
 from qfi_cli.engine.sharpness import sharpness
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultConfig, FaultInjector
@@ -140,7 +139,8 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
 
     ``cfg`` is the composed config (a ``RunConfig`` or its plain dict, see ``conf/config.yaml``). With ``resume``,
     training continues from ``out_dir/last.pt`` (written atomically after every epoch) and ends with the same
-    weights as an uninterrupted run. ``train.epochs=0`` is post-training quantization: calibration only. Example
+    weights as an uninterrupted run. ``model.init`` (a float state_dict) is loaded before quantization, so training
+fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): calibration only. Example
     (``cfg`` as composed from conf/, e.g. ``.hydra/config.yaml`` of a run)::
 
         metrics = train(cfg, "runs/w4")   # -> runs/w4/model.pt, runs/w4/metrics.json
@@ -153,8 +153,8 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
     start_time = time.perf_counter()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    data = load_dataset(cfg.data.name, cfg.data.root, device)
-    model = build_quantized_model(cfg, data).to(device)
+    data = load_data(cfg.data, device)
+    model = build_quantized_model(cfg, data, init=not resume).to(device)
     calibrate(model, next(data.batches("train", tcfg.batch_size, limit=tcfg.limit))[0])
     base = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
                            nesterov=tcfg.nesterov)
