@@ -59,7 +59,7 @@ def build_quantized_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset
                        + (f": {name} needs {needs}x{needs} inputs" if needs else "")) from None
     model.train()
     q = cfg.quant
-    model = quantize_model(model, q.name, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
+    model = quantize_model(model, q.quantizer, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
                            first_last_bits=q.first_last_bits)
     return model
 
