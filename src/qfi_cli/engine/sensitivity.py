@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from qfi_cli.config import RunConfig
 from qfi_cli.engine.common import predict_correct, resolve_device
 from qfi_cli.engine.evaluate import TrialStats, load_trained, rates, result_record, run_trials

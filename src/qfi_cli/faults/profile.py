@@ -38,6 +38,7 @@ from torch import nn
 
 from qfi_cli.errors import QfiError
 from qfi_cli.faults.bits import FAULT_MODES, positions_to_masks
+from qfi_cli.faults.injector import resolve_bits
 from qfi_cli.faults.sampler import NestedBitSampler, stream_key
 from qfi_cli.typed import require, section
 
@@ -173,12 +174,10 @@ class BoundProfile:
         raise QfiError(f"profile map {self.path}: {message}")
 
     def _positions(self, positions: list[int] | None, bits: int, where: str) -> list[int]:
-        if positions is None:
-            return list(range(bits))
-        pos = sorted({b if b >= 0 else bits + b for b in positions})
-        if pos[0] < 0 or pos[-1] >= bits:
-            self._fail(f"{where}: bits {positions} do not fit {bits}-bit codes")
-        return pos
+        try:
+            return resolve_bits(positions, bits, f"{where}: bits") or list(range(bits))
+        except QfiError as e:
+            self._fail(str(e))
 
     @property
     def mean_rate(self) -> float:

@@ -43,6 +43,7 @@ COLUMNS = {"level": np.int16, "trial": np.int32, "layer": np.int16, "index": np.
            "mode": np.int8}
 
 
+@torch.no_grad()
 def layer_table(layers: Sequence[tuple[str, nn.Module]]) -> list[dict[str, Any]]:
     """Name, weight shape, code width and storage of each quantized layer (what a replay must match)."""
     table = []

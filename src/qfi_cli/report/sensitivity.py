@@ -112,7 +112,10 @@ def sensitivity_figure(result: Any) -> Any:
     norm = PowerNorm(0.5, vmin=clean, vmax=top)  # square-root scale: small increases stay visible
     image = ax.imshow(grid, cmap="magma_r", norm=norm, aspect="auto", interpolation="nearest")
     ax.set_facecolor("0.92")
-    ax.set_xticks(range(width), [str(width - 1 - j) for j in range(width)], fontsize=9)
+    fmt = next((result.storage.get(n) for n, _, w in layers if w == width), None)
+    roles = [bit_role(b, width, fmt) for b in range(width)] + [None]
+    ax.set_xticks(range(width), [f"{b}\n{roles[b]}" if roles[b] != roles[b + 1] else str(b)  # a role where it starts
+                                 for b in reversed(range(width))], fontsize=8 if width > 16 else 9)
     ax.set_yticks(range(len(layers)), [f"{n}  ({numel:,} w, {w} b)" for n, numel, w in layers], fontsize=9)
     ax.set_xlabel("bit position in the stored code (MSB left, 0 = LSB)", fontsize=10)
     ax.set_xticks(np.arange(-0.5, width, 1), minor=True)
@@ -122,8 +125,8 @@ def sensitivity_figure(result: Any) -> Any:
     if width <= 16 and len(layers) <= 40:
         for (i, j), v in np.ndenumerate(grid):
             if math.isfinite(v):
-                dark = float(norm(v)) > 0.6
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7.5,
+                dark = float(norm(v)) > 0.45
+                ax.text(j, i, f"{v:.1f}" if v >= 10 else f"{v:.2f}", ha="center", va="center", fontsize=7.5,
                         color="white" if dark else "black")
     for i, j in protected:
         ax.add_patch(_hatch(i, j))
@@ -224,19 +227,20 @@ def render_sensitivity(result: Any, console: Console | None = None, top: int | N
     top = result.top if top is None else top
     table = Table(title=f"{_title(result)}: the {min(top, len(result.ranked()))} most sensitive cells "
                         f"({_rate(result)}, {result.trials} trials each)",
-                  caption=f"flips: changed bits per trial; +pp: RErr above the clean error "
-                          f"{pct(result.clean_error)}%; whole model at this rate: RErr "
+                  caption=f"bits: bits exposed in the cell; flips: changed bits per trial; +pp: RErr above the "
+                          f"clean error {pct(result.clean_error)}%; whole model at this rate: RErr "
                           f"{pct(result.whole['rerr_mean'])}%; {describe_ci(1)}",
                   title_style="bold", caption_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for name, justify in (("#", "right"), ("layer", "left"), ("bit", "right"), ("bits", "right"),
-                          ("flips", "right"), ("acc %", "right"), ("RErr % [95% CI]", "right"), ("+pp", "right")):
-        table.add_column(name, justify=justify, no_wrap=True)
+                          ("flips", "right"), ("RErr % [95% CI]", "right"), ("+pp", "right")):
+        table.add_column(name, justify=justify, no_wrap=name != "layer")
+    short = {"exponent": "exp", "mantissa": "man"}
     for i, c in enumerate(result.ranked()[:top], 1):
         s = c.summary()
         role = bit_role(c.bit, c.width, result.storage.get(c.layer))
-        table.add_row(str(i), c.layer, f"{c.bit}" + (f" {role}" if role else ""), f"{c.bits_exposed:,}",
-                      f"{s['flips_mean']:.2f}", pct(s["accuracy_mean"]), _interval(s, "rerr"),
-                      pct(s["rerr_mean"] - result.clean_error, signed=True))
+        table.add_row(str(i), c.layer, f"{c.bit} {short.get(role, role)}".strip(), f"{c.bits_exposed:,}",
+                      f"{s['flips_mean']:.2f}", _interval(s, "rerr"), pct(s["rerr_mean"] - result.clean_error,
+                                                                           signed=True))
     console.print(table)
     if result.budget:
         render_budget(result, console)
