@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from qfi_cli.quant.layers import QuanConv2d, QuanLinear, quantized_layers
-from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
+from qfi_cli.quant.quantizers import QUANTIZERS, VALID_BITS, check_bits
 
 
 def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abits: int = 8,
@@ -25,7 +25,7 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
     [(16, 'fp16')]
     """
     kind = QUANTIZERS.get(quantizer)
-    valid = kind.VALID_BITS
+    valid = getattr(kind, "VALID_BITS", VALID_BITS)
     wbits, abits = check_bits(wbits, "weight bit width", valid), check_bits(abits, "activation bit width", valid)
     names = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     for i, name in enumerate(names):

@@ -1,6 +1,19 @@
 """The files and console output of ``qfi sensitivity``: ``sensitivity.csv`` and ``sensitivity.png`` (a heatmap of
 RErr per layer and bit position), ``budget.csv`` and ``budget.png`` (RErr against the fraction of stored bits
-protected), and the ranked cells as a Rich table."""
+protected), and the ranked cells as a Rich table.
+
+>>> import io, tempfile
+>>> from qfi_cli.engine.evaluate import TrialStats
+>>> from qfi_cli.engine.sensitivity import Cell, SensitivityResult
+>>> cells = [Cell("fc", 1, 2, 40, TrialStats([0.5, 0.7], [0.5, 0.3], [1, 2])),
+...          Cell("fc", 0, 2, 40, TrialStats([0.9, 0.9], [0.1, 0.1], [1, 1]))]
+>>> res = SensitivityResult(0.01, None, 2, 0.9, 0.1, cells, [("fc", 40, 2)], {"rerr_mean": 0.6, "model": "m"})
+>>> [p.name for p in write_sensitivity(tempfile.mkdtemp(), res)]
+['sensitivity.csv', 'sensitivity.png']
+>>> [(r["layer"], r["bit"], r["bit_role"], r["rank"], round(r["rerr_increase"], 6)) for r in cell_rows(res)]
+[('fc', 1, 'MSB', 1, 0.3), ('fc', 0, 'LSB', 2, 0.0)]
+>>> _ = render_sensitivity(res, Console(file=io.StringIO()))
+"""
 
 from __future__ import annotations
 
