@@ -232,7 +232,7 @@ def _rate_point(job: Job, ber: float | None, count: int | None) -> dict[str, Any
 def _inject_eval_command(job: Job) -> Any:
     cfg = job.cfg
     levels = rates(cfg)
-    split = cfg.eval.bers is not None  # one subdirectory per rate
+    split = cfg.eval.bers is not None or len(levels) > 1  # one subdirectory per rate
     paths = [job.out_dir / rate_dirname(b, c) / RESULTS if split else job.out_dir / RESULTS for b, c in levels]
     done = {i: r for i, ((b, c), p) in enumerate(zip(levels, paths))
             if job.multirun and (r := _finished(p, job, cfg, b, c)) is not None}
@@ -259,7 +259,8 @@ def _inject_eval_command(job: Job) -> Any:
                         [paths[i]])
                 results[i] = res
 
-            inject_eval(part, checkpoint, job.reporter, expect, on_result=save)
+            inject_eval(part, checkpoint, job.reporter, expect, on_result=save,
+                        save_faults=_in_run(job, cfg.eval.save_faults))
         except Exception as e:
             if job.multirun:  # every rate this job still owed records the failure
                 for i in todo:
@@ -272,6 +273,58 @@ def _inject_eval_command(job: Job) -> Any:
 
 
 COMMANDS.register("inject_eval")(_inject_eval_command)
+
+
+def _in_run(job: Job, path: str | None) -> Path | None:
+    """A file setting: relative paths lie in the run (or sweep point) directory."""
+    return None if path is None else job.out_dir / Path(path).expanduser()
+
+
+# -------------------------------------------------------------------------------------------------- sensitivity
+
+def _sensitivity_command(job: Job) -> Any:
+    """Sensitivity map(s) of one model: per rate, results.json (the whole model at that rate, as inject-eval
+    writes it) and sensitivity.csv / .png (budget.csv / .png with ``sensitivity.budget``)."""
+    from qfi_cli.engine.sensitivity import sensitivity
+    from qfi_cli.layout import BUDGET_CSV, SENSITIVITY_CSV
+    from qfi_cli.report.sensitivity import write_sensitivity
+
+    cfg = job.cfg
+    levels = rates(cfg)
+    split = cfg.eval.bers is not None
+    dirs = [job.out_dir / rate_dirname(b, c) if split else job.out_dir for b, c in levels]
+    wanted = (SENSITIVITY_CSV, BUDGET_CSV) if cfg.sensitivity.budget else (SENSITIVITY_CSV,)
+    if job.multirun and all(all((d / f).is_file() for f in wanted) and _finished(d / RESULTS, job, cfg, b, c)
+                            for d, (b, c) in zip(dirs, levels)):
+        job.reporter.log(f"skip finished sensitivity point {job.out_dir.name}")
+        return None
+    pending = iter(range(len(levels)))
+
+    def save(res: Any) -> None:
+        i = next(pending)
+        files = write_sensitivity(dirs[i], res)
+        record = res.whole | {"status": "ok", "point": _rate_point(job, *levels[i]), "command": "sensitivity",
+                              "sensitivity_files": [f.name for f in files]}
+        write_json(dirs[i] / RESULTS, record)
+        log_run(cfg.logger, dirs[i], cfg.paths.root, {**cfg.as_dict(), "point": record["point"]}, record,
+                [dirs[i] / RESULTS, *files])
+
+    try:
+        checkpoint = (_sweep_model(cfg, job.sweep_dir, job.reporter) if job.multirun and cfg.sweep_train
+                      else _checkpoint(cfg))
+        expect = {} if job.multirun and cfg.sweep_train else _expected(job)
+        results = sensitivity(cfg, checkpoint, job.reporter, expect, on_result=save)
+    except Exception as e:
+        if job.multirun:
+            for d, (b, c) in zip(dirs, levels):
+                if not (d / SENSITIVITY_CSV).is_file():
+                    _write_failure(d, e, _rate_point(job, b, c), job.reporter)
+            return None
+        raise
+    return results if split else results[0]
+
+
+COMMANDS.register("sensitivity")(_sensitivity_command)
 
 
 # ---------------------------------------------------------------------------------------------------------- task

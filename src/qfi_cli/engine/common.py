@@ -88,7 +88,7 @@ def build_quantized_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset
     cfg = RunConfig.from_dict(cfg)
     model = build_float_model(cfg, data, init)
     q = cfg.quant
-    model = quantize_model(model, q.name, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
+    model = quantize_model(model, q.quantizer, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
                            first_last_bits=q.first_last_bits)
     return model
 
