@@ -17,6 +17,7 @@ from qfi_cli.models import build_model, input_size, list_models
 from qfi_cli.optim import SAM
 from qfi_cli.paths import conf_dir
 from qfi_cli.quant import QUANTIZERS, calibrate, frozen_weights, quantize_model, quantized_layers
+from qfi_cli.quant.quantizers import VALID_BITS
 from qfi_cli.validate import group_options
 
 GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")
@@ -60,26 +61,55 @@ def test_every_model_builds_quantizes_calibrates_takes_faults_and_trains_a_step(
 
 
 @pytest.mark.parametrize("name", QUANTIZERS.names())
-@pytest.mark.parametrize("bits", [2, 4, 8])
-def test_every_quantizer_says_how_it_stores_what_it_quantized(name, bits):
-    torch.manual_seed(bits)
-    w = torch.randn(8, 3, 3, 3)
-    value, enc = QUANTIZERS.get(name)().quantize(w, bits)
-    lo, hi = enc.code_range()
-    codes = enc.codes(value)
-    assert enc.bits == bits and lo <= int(codes.min()) and int(codes.max()) <= hi
-    assert torch.equal(enc.decode(enc.encode(value)), value)
+def test_every_quantizer_says_how_it_stores_what_it_quantized(name):
+    """At every width it takes: the encoding has that width, its codes lie in its range, and decoding the stored
+    patterns gives back exactly the value the layer computes with."""
+    cls = QUANTIZERS.get(name)
+    for bits in [b for b in getattr(cls, "VALID_BITS", VALID_BITS)]:
+        torch.manual_seed(bits)
+        w = torch.randn(8, 3, 3, 3)
+        value, enc = cls().quantize(w, bits)
+        lo, hi = enc.code_range()
+        codes = enc.codes(value)
+        assert enc.bits == bits and lo <= int(codes.min()) and int(codes.max()) <= hi, (name, bits)
+        assert torch.equal(enc.decode(enc.encode(value)), value), (name, bits)
+
+
+def tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return quantize_model(torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 2)), wbits=4,
+                          first_last_bits=None).eval()
+
+
+@pytest.fixture(scope="module")
+def fault_files(tmp_path_factory) -> dict[str, str]:
+    """The files ``fault=replay`` and ``fault=profile`` read, made for ``tiny()``: a recorded trial at rate 0.2, and
+    a map failing every bit with probability 0.2 plus one stuck cell."""
+    from qfi_cli.faults.replay import FaultRecorder
+
+    root = tmp_path_factory.mktemp("faults")
+    model = tiny()
+    recorder = FaultRecorder(model, levels=[(0.2, None)], trials=1)
+    with frozen_weights(model), FaultInjector(model, FaultConfig(ber=0.2)) as injector:
+        injector.recorder = recorder.add
+        recorder.begin(0, 0)
+        with injector.trial(0):
+            pass
+    profile = root / "map.json"
+    profile.write_text('{"rates": [{"layers": ["*"], "p": 0.2}], "stuck": [{"layer": "0", "index": 3, "bit": 1, '
+                       '"value": 1}]}')
+    return {"replay": str(recorder.save(root / "faults.npz")), "profile": str(profile)}
 
 
 @pytest.mark.parametrize("name", FAULT_MODELS.names())
-def test_every_fault_model_injects(name):
-    counted = FAULT_MODELS.get(name).counted
-    cfg = FaultConfig(model=name, ber=None if counted else 0.2, count=5)
-    layer_model = quantize_model(torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 2)), wbits=4,
-                                 first_last_bits=None).eval()
+def test_every_fault_model_injects(name, fault_files):
+    kind = FAULT_MODELS.get(name)
+    at_rate = not kind.counted and kind.source == "sampler"
+    cfg = FaultConfig(model=name, ber=0.2 if at_rate else None, count=5, file=fault_files.get(kind.source))
+    layer_model = tiny()
     with FaultInjector(layer_model, cfg) as injector, frozen_weights(layer_model):
         before = [m.frozen_weight.clone() for _, m in quantized_layers(layer_model)]
-        with injector.trial(0):
+        with injector.trial(0, ber=0.2 if kind.source == "replay" else None):
             changed = sum(int((m.frozen_weight != b).sum()) for (_, m), b in zip(quantized_layers(layer_model),
                                                                                   before))
     assert changed > 0 and injector.flips_total() > 0
@@ -97,21 +127,21 @@ OPTIONS = [(group, option) for group in GROUPS for option in group_options(group
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_option_of_every_config_group_composes_into_a_valid_config(group, option):
+def test_every_option_of_every_config_group_composes_into_a_valid_config(group, option, fault_files):
     """Each file of each group composes with the rest of the tree and reads into a RunConfig; the part it names
     exists and builds (model, quantizer, fault model, logger) or its grid parses (sweep, experiment)."""
     prefix = "+" if group in ("experiment", "sweep") else ""
-    cfg = composed([f"{prefix}{group}={option}"], hydra=True)
+    extra = [f"fault.file={fault_files[option]}"] if group == "fault" and option in fault_files else []
+    cfg = composed([f"{prefix}{group}={option}", *extra], hydra=True)
     run = RunConfig.from_dict(plain(cfg))
     if group == "model":
         model = build_model(run.model["name"], num_classes=3, in_channels=3,
                             **{k: v for k, v in run.model.items() if k != "name"})
         assert isinstance(model, torch.nn.Module)
     elif group == "quant":
-        assert run.quant.name in QUANTIZERS
-        QUANTIZERS.get(run.quant.name)(per_channel=run.quant.per_channel)
+        QUANTIZERS.get(run.quant.quantizer)(per_channel=run.quant.per_channel)
     elif group == "fault":
-        FaultInjector(quantize_model(torch.nn.Sequential(torch.nn.Linear(4, 2))), run.fault).detach()
+        FaultInjector(tiny(), run.fault).detach()
     elif group == "recipe":
         assert run.recipe == option
     elif group in ("experiment", "sweep"):

@@ -76,12 +76,12 @@ class Encoding:
         return s if index is None else s.reshape(-1)[index // self.group]
 
     def codes(self, values: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Integer codes (int64) of ``values``: ``round(value / scale) + zero_point`` (floats: signed bit patterns).
+        """Integer codes (int64) of ``values``: ``round(value / scale) + zero_point`` (floats: their bit patterns).
 
         ``values`` is the whole tensor (its own shape) or, with ``index``, the entries at those flat positions.
         """
         if self.is_float:
-            return self._float_bits(values)
+            return torch.bitwise_and(self._float_bits(values), (1 << self.bits) - 1)
         return torch.round(values.detach() / self._scale_at(index)).long() + self.zero_point
 
     def encode(self, values: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
