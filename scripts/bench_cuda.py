@@ -32,8 +32,7 @@ def faulty_weights(model: nn.Module, patterns: int) -> dict[str, torch.Tensor]:
     per_layer: dict[str, list[torch.Tensor]] = {name: [] for name, _ in quantized_layers(model)}
     with FaultInjector(model, FaultConfig(ber=BER), seed=0) as injector:
         for t in range(patterns):
-            injector.set_trial(t)
-            with frozen_weights(model):
+            with frozen_weights(model), injector.trial(t):
                 for name, m in quantized_layers(model):
                     per_layer[name].append(m.frozen_weight.clone())
     return {name: torch.stack(ws) for name, ws in per_layer.items()}

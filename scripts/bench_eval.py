@@ -76,15 +76,15 @@ def measure(device: str = "cpu", suffix: str = "") -> tuple[list[dict], dict]:
         injector = FaultInjector(model, FaultConfig(ber=BER), seed=0)
         trial = iter(range(10**9))
 
-        def faulty() -> None:
-            for _ in range(TRIALS):
-                injector.set_trial(next(trial))
-                with frozen_weights(model):
-                    predict_correct(model, data, bs)
+        def faulty() -> None:  # as inject_eval: quantize once, each trial's faults in place and undone
+            with frozen_weights(model):
+                for _ in range(TRIALS):
+                    with injector.trial(next(trial)):
+                        predict_correct(model, data, bs)
 
         def clean() -> None:
-            for _ in range(TRIALS):
-                with injector.disabled(), frozen_weights(model):
+            with injector.disabled(), frozen_weights(model):
+                for _ in range(TRIALS):
                     predict_correct(model, data, bs)
 
         def quantize_only() -> None:  # the weight quantization that both sides above pay once per evaluation

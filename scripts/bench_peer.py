@@ -8,11 +8,11 @@ per-repeat ratios). What each timed call does:
 * ``qfi_trial``: ``with qfi_trial_weights(model, injector, t): pass`` for a new trial ``t``, nothing else. The
   model is ``quantize_model(resnet18, "minmax", wbits=8, abits=32, first_last_bits=None)`` (8-bit symmetric
   min-max weights, per tensor, on every layer; float activations) with ``FaultInjector(model,
-  FaultConfig(ber=B, layers=<the conv layers>), seed=0)`` attached. ``qfi_trial_weights`` is the ONE place this
-  script calls qfi's per-trial API: today it is ``injector.set_trial(t)`` then ``with frozen_weights(model)``,
-  which quantizes every layer, samples the trial's bits and returns corrupted copies of the faulted layers'
-  weights, held until the block ends. The time covers getting the faulty weights in place AND leaving the
-  block (restoring the clean state), i.e. one trial's whole weight cost without any forward.
+  FaultConfig(ber=B, layers=<the conv layers>), seed=0)`` attached, inside ``frozen_weights(model)`` (entered once,
+  outside the timing: an evaluation quantizes once). ``qfi_trial_weights`` is the ONE place this script calls
+  qfi's per-trial API: ``with injector.trial(t)``, which samples the trial's bits, writes the faulty entries into
+  the frozen weights in place and restores them when the block ends. The time covers getting the faulty weights
+  in place AND leaving the block (restoring the clean state), i.e. one trial's whole weight cost, no forward.
 * ``pytorchfi_trial``: what a pytorchfi user runs per trial to get a corrupted model: draw N fault sites with
   pytorchfi's ``weight_error_models.random_weight_location(pfi, layer)`` (the layer drawn in proportion to its
   weight count, so every weight is equally likely), then ``pfi.declare_weight_fi(function=flip, layer_num=...,
@@ -69,11 +69,10 @@ def qfi_trial_weights(model: nn.Module, injector: FaultInjector, trial: int) -> 
     """THE adapter to qfi's per-trial API (the only qfi call this benchmark times for a trial).
 
     Inside the block the model computes with trial ``trial``'s faulty weights; after it, the model is clean
-    again. Yields the number of bits the trial flipped. Today: ``set_trial`` + ``frozen_weights`` (quantize and
-    corrupt a copy of every layer's weight); switch it to the in-place apply/undo API when that lands.
+    again. Yields the number of bits the trial flipped. Needs ``frozen_weights(model)`` around it (once per
+    evaluation): ``injector.trial`` writes the faulty entries in place and undoes them, O(flips).
     """
-    injector.set_trial(trial)
-    with frozen_weights(model):
+    with injector.trial(trial):
         yield injector.flips_total()
 
 
@@ -170,7 +169,7 @@ def measure(device: str = "cpu", suffix: str = "") -> tuple[list[dict], dict]:
         with torch.inference_mode():
             forward_model(x)
 
-    with frozen_weights(forward_model):
+    with frozen_weights(forward_model), frozen_weights(model):
         for ber in BERS:
             n_faults = round(ber * n_bits)
             injector = FaultInjector(model, FaultConfig(ber=ber, layers=convs), seed=0)

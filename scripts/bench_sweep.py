@@ -59,19 +59,19 @@ def measure(device: str = "cpu", suffix: str = "") -> tuple[list[dict], dict]:
         def sweep() -> None:
             with quiet():
                 cli.sweep(checkpoint=checkpoint, bers=",".join(f"{b:g}" for b in BERS), trials=TRIALS,
-                          launcher="basic", out=root / f"sweep{next(runs)}", train_models=False, seed=0,
+                          launcher="basic", out=root / f"sweep{next(runs)}", train_models=False, seed=None,
+                          fault_seed=0,
                           overrides=[f"device={device}", f"paths.root={root}"])
 
         model, data, _ = evaluate.load_trained(checkpoint, torch.device(device))
 
         def points() -> None:
-            for ber in BERS:
-                with FaultInjector(model, FaultConfig(ber=ber), seed=0) as injector:
-                    with injector.disabled(), frozen_weights(model):
-                        predict_correct(model, data, 1000)
+            with FaultInjector(model, FaultConfig(ber=BERS[0]), seed=0) as injector, frozen_weights(model):
+                with injector.disabled():
+                    predict_correct(model, data, 1000)
+                for ber in BERS:
                     for t in range(TRIALS):
-                        injector.set_trial(t)
-                        with frozen_weights(model):
+                        with injector.trial(t, ber=ber):
                             predict_correct(model, data, 1000)
                         injector.flips_total()
 
@@ -98,7 +98,7 @@ def measure(device: str = "cpu", suffix: str = "") -> tuple[list[dict], dict]:
         sweep()
         wall = time.perf_counter() - start
         last = root / f"sweep{next(runs) - 1}"
-        jobs = sum(json.loads(p.read_text())["seconds"] for p in last.glob("*/results.json"))
+        jobs = sum(json.loads(p.read_text())["seconds"] for p in last.rglob("results.json"))
         start = time.perf_counter()
         with quiet():
             report.aggregate(last)

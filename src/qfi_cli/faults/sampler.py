@@ -153,9 +153,12 @@ _LEVEL_Q = np.array([_conditional_q(j) for j in range(N_LEVELS)])
 _CHOICE_FRACTION = 16  # above n / 16 positions per level, numpy's choice (Floyd / tail shuffle) is the cheaper way
 
 
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
 def _index_dtype(n: int) -> type:
     """Positions are held as int32 when they fit (numpy sorts int32 about twice as fast), else int64."""
-    return np.int32 if n <= np.iinfo(np.int32).max else np.int64
+    return np.int32 if n <= _INT32_MAX else np.int64
 
 
 def _distinct_uniform(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -239,8 +242,17 @@ class NestedBitSampler:
     def _ensure(self, level: int) -> None:
         if not 0 <= level < N_LEVELS:
             raise ValueError(f"level must lie in [0, {N_LEVELS}), got {level}")
-        while len(self._cand_pos) <= level:
-            self._draw_level()
+        drawn = len(self._cand_pos)
+        if drawn > level:
+            return
+        # Empty levels draw nothing from the stream: append them without a call each (most levels are empty).
+        nonzero = np.flatnonzero(self._counts[drawn:level + 1]) + drawn
+        for j in (*nonzero.tolist(), level + 1):
+            empty = j - len(self._cand_pos)
+            self._cand_pos.extend([self._empty] * empty)
+            self._cand_v.extend([_EMPTY_U] * empty)
+            if j <= level:
+                self._draw_level()
 
     def _below_level(self, level: int) -> np.ndarray:
         """Sorted union of the levels below ``level`` (index dtype)."""
