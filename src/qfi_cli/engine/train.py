@@ -5,6 +5,9 @@ Where training meets fault injection, this module decides (SAM knows nothing of 
 * ``train.bet.mode=random`` (RandBET, Stutz et al.): each step's objective is the clean loss plus the loss under a
   fresh random pattern at rate ``train.bet.ber``, once the previous step's clean loss is below
   ``train.bet.start_loss``; the faulty loss reaches the weights through the straight-through gradient;
+* ``train.bet.mode=adversarial`` (AdvBET-style, Stutz et al., TPAMI): the same, under ``train.bet.adv_flips``
+  bit flips chosen on the step's batch by ``adv_steps`` rounds of first-order bit search (the attack's ranking,
+  ``faults.search.adversarial_flips``; BN statistics frozen), found once per step before SAM's two passes;
 * ``fault.enable_in_training=true`` (the seed's rule 4): every training forward sees faults (no clean term);
 
 in both, step ``k`` has its own pattern, reproducible from (seed, k), and both passes of a SAM step see it; SAM's
@@ -31,6 +34,7 @@ from qfi_cli.engine.common import build_quantized_model, predict_correct, resolv
 from qfi_cli.engine.sharpness import sharpness
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultConfig, FaultInjector
+from qfi_cli.faults.search import adversarial_flips, flipped
 from qfi_cli.io import load_checkpoint, save_checkpoint, write_json
 from qfi_cli.layout import LAST, METRICS, MODEL
 from qfi_cli.loggers import make_logger, scalars
@@ -54,9 +58,9 @@ def _training_injectors(cfg: RunConfig, model: torch.nn.Module) -> tuple[FaultIn
     """(injector of ``fault.enable_in_training``, RandBET's injector): at most one of them."""
     faulty = cfg.fault.enable_in_training
     bet = cfg.train.bet.mode == "random"
-    if faulty and bet:
-        raise QfiError("fault.enable_in_training=true and train.bet.mode=random both inject faults during "
-                       "training: use one (RandBET adds a faulty loss to the clean one)")
+    if faulty and cfg.train.bet.mode != "none":
+        raise QfiError(f"fault.enable_in_training=true and train.bet.mode={cfg.train.bet.mode} both inject faults "
+                       "during training: use one (bit error training adds a faulty loss to the clean one)")
     if faulty:
         injector = FaultInjector(model, cfg.fault, seed=cfg.seed)
         if cfg.sam.rho > 0:
@@ -112,6 +116,7 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
                            nesterov=tcfg.nesterov)
     scheduler = _scheduler(base, tcfg.schedule, epochs)
     faulty, bet = _training_injectors(cfg, model)
+    adversarial = tcfg.bet.mode == "adversarial"
     sam = SAM(model, base, rho=cfg.sam.rho, adaptive=cfg.sam.adaptive, eta=cfg.sam.eta, grad_clip=tcfg.grad_clip)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
@@ -141,24 +146,29 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
                 for i, (x, y) in enumerate(data.batches("train", batch_size, shuffle=True, generator=generator,
                                                         augment=True, limit=tcfg.limit)):
                     step = epoch * steps + i
-                    bet_on = bet_on or (bet is not None and last_clean < tcfg.bet.start_loss)
+                    bet_on = bet_on or ((bet is not None or adversarial) and last_clean < tcfg.bet.start_loss)
                     with ExitStack() as stack:
                         if faulty is not None:
                             stack.enter_context(faulty.step(step))
                         if bet is not None:
                             stack.enter_context(bet.step(step))
+                        flips = None
+                        if adversarial and bet_on:  # AdvBET: this batch's adversarial flips, for both SAM passes
+                            with frozen_bn_stats(model):
+                                flips = adversarial_flips(model, x, y, tcfg.bet.adv_flips, tcfg.bet.adv_steps)
 
                         def objective() -> tuple[torch.Tensor, torch.Tensor]:
                             with bet.disabled() if bet is not None else nullcontext():
                                 logits = model(x)
                                 loss = F.cross_entropy(logits, y)
-                            if bet_on:  # RandBET: plus the loss under this step's random pattern (BN statistics kept)
-                                with frozen_bn_stats(model):
+                            if bet_on:  # BET: plus the loss under this step's random / adversarial flips
+                                with frozen_bn_stats(model), flipped(model, flips) if flips else nullcontext():
                                     loss = loss + tcfg.bet.weight * F.cross_entropy(model(x), y)
                             return loss, logits
 
                         loss, logits = sam.step(objective)
-                        clean_loss = F.cross_entropy(logits.detach(), y) if bet is not None else None
+                        clean_loss = (F.cross_entropy(logits.detach(), y) if bet is not None or adversarial
+                                      else None)
                     if tcfg.clip_weights is not None:
                         clip_weights(model, tcfg.clip_weights)
                     if clean_loss is not None:

@@ -25,14 +25,15 @@ from typing import Any, Iterable
 
 from qfi_cli.errors import QfiError
 from qfi_cli.io import read_json
-from qfi_cli.layout import MODELS_DIR, RESULTS
+from qfi_cli.layout import ATTACK, MODELS_DIR, RESULTS
 from qfi_cli.stats import bootstrap_ci, describe_ci
 
 BER_KEY = "fault.ber"
 SEED_KEY = "seed"  # the training seed: a replicate, not a factor
 RECIPE_KEY = "recipe"
 BASELINE_RECIPE = "normal"
-RECIPE_ORDER = ("normal", "rquant", "clipping", "randbet", "sam", "sam_clipping", "sam_randbet")
+RECIPE_ORDER = ("normal", "rquant", "clipping", "randbet", "advbet", "sam", "sam_clipping", "sam_randbet",
+                "sam_advbet")
 # The columns of a row after the swept keys, in summary.csv order (the first eleven are the documented ones).
 COLUMNS = ("ber", "trials", "clean_accuracy", "accuracy_mean", "accuracy_std", "ci95_low", "ci95_high",
            "rerr_mean", "status", "error", "dir", "train_seed", "fault_seed", "ci")
@@ -136,19 +137,21 @@ def _json_type(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------------- files
 
-def _result_files(root: Path) -> list[Path]:
-    """Every file named exactly results.json under ``root``, outside hidden directories and ``models/``."""
+def _result_files(root: Path, name: str = RESULTS) -> list[Path]:
+    """Every file named exactly ``name`` (results.json) under ``root``, outside hidden directories and
+    ``models/``."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                              and not (d == MODELS_DIR and Path(dirpath) == root))
-        if RESULTS in filenames and os.path.isfile(os.path.join(dirpath, RESULTS)):
-            found.append(Path(dirpath) / RESULTS)
+        if name in filenames and os.path.isfile(os.path.join(dirpath, name)):
+            found.append(Path(dirpath) / name)
     return found
 
 
 def pending_points(sweep_dir: str | Path) -> list[str]:
-    """Point directories without a results.json: not run yet or interrupted (relative paths, sorted).
+    """Point directories without a results.json (or attack.json): not run yet or interrupted (relative paths,
+    sorted).
 
     A point directory is one Hydra made (it holds ``.hydra/``) or an empty one; directories with other content
     and no results.json (``models/<digest>/`` with its checkpoint) are not points.
@@ -158,7 +161,7 @@ def pending_points(sweep_dir: str | Path) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
-        if RESULTS in filenames:
+        if RESULTS in filenames or ATTACK in filenames:
             dirnames[:] = []  # a finished point: whatever lies below belongs to it
             continue
         hydra_made = (here / ".hydra").is_dir()
