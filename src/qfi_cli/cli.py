@@ -57,6 +57,8 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides,
                                                            show_default=False)]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory.",
                                              show_default="outputs/<command>/<time>")]
+Checkpoint = Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
+                                                    show_default="the latest from `qfi train`")]
 
 
 def _version(value: bool) -> None:
@@ -200,8 +202,7 @@ def _bers(text: str | None) -> list[float] | None:
 
 @app.command("inject-eval", context_settings=EXTRA, rich_help_panel="Jobs")
 def inject_eval(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
-                                                       show_default="the latest from `qfi train`")] = None,
+    checkpoint: Checkpoint = None,
     ber: Annotated[Optional[str], typer.Option(help="Bit error rate: each weight bit flips with this "
                                                     "probability.",
                                                show_default=_default("fault/bitflip", "ber"))] = None,
@@ -250,8 +251,7 @@ def inject_eval(
 
 @app.command(context_settings=EXTRA, rich_help_panel="Jobs")
 def attack(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to attack.",
-                                                       show_default="the latest from `qfi train`")] = None,
+    checkpoint: Checkpoint = None,
     flips: Annotated[Optional[int], typer.Option(help="Most bit flips to commit (the paper's iterations); the "
                                                       "search stops earlier at the target accuracy.",
                                                  show_default=_default("config", "attack.flips"))] = None,
@@ -297,8 +297,7 @@ def attack(
 
 @app.command(context_settings=EXTRA, rich_help_panel="Jobs")
 def sweep(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
-                                                       show_default="the latest from `qfi train`")] = None,
+    checkpoint: Checkpoint = None,
     bers: Annotated[Optional[str], typer.Option(help="Comma-separated bit error rates, e.g. 1e-5,1e-4,1e-3: "
                                                      "evaluated in one job per model.",
                                                 show_default=False)] = None,

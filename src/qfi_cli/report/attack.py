@@ -30,7 +30,7 @@ from typing import Any
 from qfi_cli.io import atomic_write
 from qfi_cli.layout import ATTACK, ATTACK_CURVE, ATTACKS_CSV
 from qfi_cli.report.collect import (SEED_KEY, SHARPNESS, _integer, _Invalid, _number, _one_line, _result_files,
-                                    _show, config_order, factors, sort_value)
+                                    _show, config_order, factors, point_keys, sort_value)
 from qfi_cli.report.study import Config, Estimate, Study
 from qfi_cli.stats import bootstrap_ci, describe_seed_ci
 
@@ -107,10 +107,7 @@ def collect_attacks(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not root.is_dir():
         return []
     raw = [_attack_row(p, root) for p in _result_files(root, ATTACK)]
-    keys: dict[str, None] = {}
-    for r in raw:
-        for k in r["_point"]:
-            keys.setdefault(k, None)
+    keys = point_keys(raw)
     rows = []
     for r in raw:
         point = r.pop("_point")

@@ -329,6 +329,19 @@ def config_order(row: dict[str, Any], keys: list[str]) -> tuple:
     return (tuple(sort_value(row.get(k), k) for k in inner), config_label(row, keys))
 
 
+def point_keys(raw: Iterable[dict[str, Any]]) -> list[str]:
+    """The keys of the rows' ``_point`` dicts, in order of first appearance (every row gets each of them).
+
+    >>> point_keys([{"_point": {"a": 1}}, {"_point": {"b": 2, "a": 3}}])
+    ['a', 'b']
+    """
+    keys: dict[str, None] = {}
+    for r in raw:
+        for k in r["_point"]:
+            keys.setdefault(k, None)
+    return list(keys)
+
+
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per results.json under ``sweep_dir`` (hidden directories and ``models/`` skipped), sorted by
     configuration, BER, then training seed.
@@ -350,10 +363,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not files:
         raise QfiError(f"no {RESULTS} under {root}: not a sweep directory, or no point has finished yet")
     raw = [_row(f, root) for f in files]
-    keys: dict[str, None] = {}
-    for r in raw:
-        for k in r["_point"]:
-            keys.setdefault(k, None)
+    keys = point_keys(raw)
     rows = []
     for r in raw:
         point = r.pop("_point")
