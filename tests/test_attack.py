@@ -198,6 +198,21 @@ def test_sweep_command_attack_writes_points_resumes_and_reports(trained_digits, 
     assert report.exit_code == 0 and "flips to target" in report.output, report.output
 
 
+def test_failing_attack_point_is_recorded_and_the_sweep_goes_on(trained_digits, in_tmp):
+    """A point whose checkpoint does not match its settings (4-bit asked of an 8-bit model) records status=failed
+    in its attack.json; the other point runs; the sweep exits 2 naming the failure."""
+    checkpoint, _ = trained_digits
+    out = in_tmp / "s"
+    result = runner.invoke(app, ["sweep", "--checkpoint", str(checkpoint), "--out", str(out), "command=attack",
+                                 "attack.flips=1", "attack.random_trials=2", "attack.k_top=1", "quant.wbits=4,8",
+                                 "device=cpu"])
+    assert result.exit_code == 2 and "1 of 2 sweep point(s) failed" in result.output, result.output
+    failed = json.loads((out / "quant.wbits=4" / "attack.json").read_text())
+    assert failed["status"] == "failed" and "quant.wbits=8, not 4" in failed["error"]
+    assert failed["point"] == {"quant.wbits": 4}
+    assert json.loads((out / "quant.wbits=8" / "attack.json").read_text())["status"] == "ok"
+
+
 def _attack_file(path, seed, n, recipe="normal", status="ok", flips=20):
     write_json(path / "attack.json", {
         "status": status, "point": {"recipe": recipe, "seed": seed}, "seed": seed, "recipe": recipe,

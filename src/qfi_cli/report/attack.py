@@ -206,10 +206,12 @@ def render_attacks(study: Study, console: Any) -> None:
     if not study.attacks:
         return
     table = Table(title="Progressive bit search: flips to target, mean over training seeds", title_style="bold",
-                  caption=describe_seed_ci(), caption_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  caption=f"flips to target: mean [{describe_seed_ci()}]; random %: accuracy under as many random "
+                          "flips", caption_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
-    for name in ("configuration", "seeds", "clean %", "target %", "flips to target [CI]", "random acc % @ same"):
-        table.add_column(name, justify="left" if name == "configuration" else "right", no_wrap=True)
+    table.add_column("configuration", overflow="fold")
+    for name in ("seeds", "clean %", "target %", "flips to target", "random %"):
+        table.add_column(name, justify="right", no_wrap=True)
     for c in study.configs:
         rows = study.attacks.get(c.key)
         if not rows:
