@@ -270,8 +270,11 @@ def attack_figure(result: dict[str, Any]) -> Any:
     ax.grid(True, which="major", alpha=0.35)
     reached = f"target reached after {n} flips" if n is not None else \
         f"target not reached in {result.get('flips_committed')} flips"
-    subject = f"{result.get('model', 'model')} w{result.get('wbits', '?')} on {result.get('dataset', '?')}"
-    fig.suptitle(f"{subject}: chosen vs random bit flips ({reached})", fontsize=12)
+    made = ", ".join(p for p in (result.get("recipe") and f"recipe {result['recipe']}",
+                                 result.get("seed") is not None and f"seed {result['seed']}") if p)
+    subject = (f"{result.get('model', 'model')} w{result.get('wbits', '?')}" + (f" ({made})" if made else "")
+               + f" on {result.get('dataset', '?')}")
+    fig.suptitle(f"Chosen (progressive bit search) vs random weight bit flips\n{subject}: {reached}", fontsize=11)
     if not flips and not random.get("counts"):
         ax.text(0.5, 0.5, "no flips (the clean model is at the target)", transform=ax.transAxes, ha="center")
     ax.legend(fontsize=8, loc="lower left")
