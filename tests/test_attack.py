@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from qfi_cli.cli import app
 from qfi_cli.engine.attack import attack, baseline_counts
-from qfi_cli.engine.evaluate import load_trained
 from qfi_cli.faults.search import BitSearch, adversarial_flips, flipped
 from qfi_cli.io import write_json
 from qfi_cli.quant import calibrate, frozen_weights, quantize_model, quantized_layers

@@ -110,7 +110,7 @@ def aggregate(sweep_dir: str | Path, console: Console | None = None) -> list[dic
 __all__ = [
     "BER_CURVE", "COLUMNS", "Column", "Estimate", "PAIRED", "PAIRED_COLUMNS", "Pair", "RERR_CURVE",
     "RESULTS", "SUMMARY", "Study", "TABLE_CSV", "TABLE_GROUPS", "TABLE_MD", "aggregate", "ber_figure", "build_study",
-    "collect", "config_label", "curve_figure", "factors", "paired_differences", "pending_points", "plot_ber_curve",
+    "collect", "collect_attacks", "config_label", "curve_figure", "factors", "paired_differences", "pending_points", "plot_ber_curve",
     "plot_rerr_curve", "render_failures", "render_paired", "render_table", "rerr_figure", "study_columns",
     "swept_keys", "write_paired", "write_study_table", "write_summary",
 ]
