@@ -281,14 +281,23 @@ def test_adversarial_flips_leave_the_weights_and_pass_gradients_straight_through
     assert torch.equal(F.cross_entropy(model(x), y), clean)
 
 
-def test_advbet_recipe_trains(in_tmp):
-    from qfi_cli.engine.train import train
+def test_advbet_recipe_trains_with_a_search_per_step_once_started(in_tmp, monkeypatch):
+    from qfi_cli.engine import train as training
 
+    calls = []
+
+    def counted(model, x, y, flips, steps):
+        calls.append((len(x), flips, steps))
+        return adversarial_flips(model, x, y, flips, steps)
+
+    monkeypatch.setattr(training, "adversarial_flips", counted)
     cfg = compose(["recipe=advbet", "train.epochs=2", "train.limit=256", "model.width=4", "device=cpu",
                    "train.bet.start_loss=100"])
     assert cfg["train"]["bet"]["mode"] == "adversarial" and cfg["quant"]["name"] == "rquant"
-    metrics = train(cfg, in_tmp / "advbet")
+    metrics = training.train(cfg, in_tmp / "advbet")
     assert math.isfinite(metrics["train_loss"]) and 0 <= metrics["test_accuracy"] <= 1
+    # 4 steps per epoch; the first step's clean loss starts it (start_loss 100), so every later step searches
+    assert calls == [(64, 10, 1)] * 7
 
 
 def test_bet_modes_do_not_mix_with_training_faults():

@@ -2,8 +2,8 @@
 
 ``qfi_cli.cli`` calls ``run(overrides)``; sweeps (``--multirun``) reach the same task function through Hydra's
 launchers (basic, joblib, submitit), which pickle it: it stays at module level. Commands are registered by name in
-``COMMANDS`` (``train``, ``inject_eval``, ``attack``); each gets a ``Job`` and owns its output files; this module stamps sweep
-bookkeeping (``point``, ``status``) on what the engine returns.
+``COMMANDS`` (``train``, ``inject_eval``, ``sensitivity``, ``attack``); each gets a ``Job`` and owns its output
+files; this module stamps sweep bookkeeping (``point``, ``status``) on what the engine returns.
 """
 
 from __future__ import annotations
@@ -48,8 +48,11 @@ def point_dirname(override_dirname: str) -> str:
     'fault.ber=0.0001,model=resnet20'
     >>> point_dirname("")
     'default'
+    >>> point_dirname("+model.hidden=4")  # Hydra's prefixes (+, ++, ~) are dropped, as the points' keys drop them
+    'model.hidden=4'
     """
-    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname) or "default"
+    bare = re.sub(r"(^|,)[+~]+(?=[A-Za-z_])", r"\1", override_dirname)
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", bare) or "default"
 
 
 def rate_dirname(ber: float | None, count: int | None = None) -> str:
@@ -124,10 +127,11 @@ def _resume_config(job: Job) -> RunConfig:
     if not (out / LAST_CHECKPOINT).is_file():
         raise QfiError(f"nothing to resume in {out}: no {LAST_CHECKPOINT} (start without --resume)")
     saved = load_checkpoint(out / LAST_CHECKPOINT, map_location="cpu")["config"]
+    given = job.cfg.as_dict()  # read as the saved config was (paths resolved: model.init, data.root)
     for key, value in job.explicit.items():
         if key.split(".")[0] in RESUME_FREE:
             continue
-        now = _select(job.composed, key)
+        now = _select(given, key)
         was = _select(saved, key)
         if isinstance(now, dict):  # a group choice: compare the whole section
             diff = next((k for k in now if now[k] != (was or {}).get(k)), None)
@@ -229,7 +233,7 @@ def _rate_point(job: Job, ber: float | None, count: int | None) -> dict[str, Any
 def _inject_eval_command(job: Job) -> Any:
     cfg = job.cfg
     levels = rates(cfg)
-    split = cfg.eval.bers is not None  # one subdirectory per rate
+    split = cfg.eval.bers is not None or len(levels) > 1  # one subdirectory per rate
     paths = [job.out_dir / rate_dirname(b, c) / RESULTS if split else job.out_dir / RESULTS for b, c in levels]
     done = {i: r for i, ((b, c), p) in enumerate(zip(levels, paths))
             if job.multirun and (r := _finished(p, job, cfg, b, c)) is not None}
@@ -256,7 +260,8 @@ def _inject_eval_command(job: Job) -> Any:
                         [paths[i]])
                 results[i] = res
 
-            inject_eval(part, checkpoint, job.reporter, expect, on_result=save)
+            inject_eval(part, checkpoint, job.reporter, expect, on_result=save,
+                        save_faults=_in_run(job, cfg.eval.save_faults))
         except Exception as e:
             if job.multirun:  # every rate this job still owed records the failure
                 for i in todo:
@@ -269,6 +274,58 @@ def _inject_eval_command(job: Job) -> Any:
 
 
 COMMANDS.register("inject_eval")(_inject_eval_command)
+
+
+def _in_run(job: Job, path: str | None) -> Path | None:
+    """A file setting: relative paths lie in the run (or sweep point) directory."""
+    return None if path is None else job.out_dir / Path(path).expanduser()
+
+
+# -------------------------------------------------------------------------------------------------- sensitivity
+
+def _sensitivity_command(job: Job) -> Any:
+    """Sensitivity map(s) of one model: per rate, results.json (the whole model at that rate, as inject-eval
+    writes it) and sensitivity.csv / .png (budget.csv / .png with ``sensitivity.budget``)."""
+    from qfi_cli.engine.sensitivity import sensitivity
+    from qfi_cli.layout import BUDGET_CSV, SENSITIVITY_CSV
+    from qfi_cli.report.sensitivity import write_sensitivity
+
+    cfg = job.cfg
+    levels = rates(cfg)
+    split = cfg.eval.bers is not None
+    dirs = [job.out_dir / rate_dirname(b, c) if split else job.out_dir for b, c in levels]
+    wanted = (SENSITIVITY_CSV, BUDGET_CSV) if cfg.sensitivity.budget else (SENSITIVITY_CSV,)
+    if job.multirun and all(all((d / f).is_file() for f in wanted) and _finished(d / RESULTS, job, cfg, b, c)
+                            for d, (b, c) in zip(dirs, levels)):
+        job.reporter.log(f"skip finished sensitivity point {job.out_dir.name}")
+        return None
+    pending = iter(range(len(levels)))
+
+    def save(res: Any) -> None:
+        i = next(pending)
+        files = write_sensitivity(dirs[i], res)
+        record = res.whole | {"status": "ok", "point": _rate_point(job, *levels[i]), "command": "sensitivity",
+                              "sensitivity_files": [f.name for f in files]}
+        write_json(dirs[i] / RESULTS, record)
+        log_run(cfg.logger, dirs[i], cfg.paths.root, {**cfg.as_dict(), "point": record["point"]}, record,
+                [dirs[i] / RESULTS, *files])
+
+    try:
+        checkpoint = (_sweep_model(cfg, job.sweep_dir, job.reporter) if job.multirun and cfg.sweep_train
+                      else _checkpoint(cfg))
+        expect = {} if job.multirun and cfg.sweep_train else _expected(job)
+        results = sensitivity(cfg, checkpoint, job.reporter, expect, on_result=save)
+    except Exception as e:
+        if job.multirun:
+            for d, (b, c) in zip(dirs, levels):
+                if not (d / SENSITIVITY_CSV).is_file():
+                    _write_failure(d, e, _rate_point(job, b, c), job.reporter)
+            return None
+        raise
+    return results if split else results[0]
+
+
+COMMANDS.register("sensitivity")(_sensitivity_command)
 
 
 # ------------------------------------------------------------------------------------------------------- attack
@@ -350,7 +407,8 @@ def _remove_if_empty(directory: Path) -> None:
 def task(cfg: DictConfig) -> Any:
     """Run one job (one sweep point when Hydra runs a multirun)."""
     hc = HydraConfig.get()
-    out_dir = Path(hc.runtime.output_dir)
+    # the directory Hydra made, read without resolving it again (a literal "${...}" in --out stays literal)
+    out_dir = Path(OmegaConf.to_container(hc.runtime, resolve=False)["output_dir"])
     multirun = hc.mode == RunMode.MULTIRUN
     reporter = Reporter(live=None if not multirun or hc.launcher.get("_target_", "").endswith("BasicLauncher")
                         else False)

@@ -24,11 +24,12 @@ from rich.text import Text
 from qfi_cli import __version__
 from qfi_cli.errors import QfiError, first_line
 from qfi_cli.layout import POINT_DIR_EXCLUDED
+from qfi_cli.progress import wide_console
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                   help="qfi: train quantized networks (with SAM) and measure how they survive bit errors "
                        "in their stored weight codes.")
-console = Console()
+console = wide_console()
 errors = Console(stderr=True)
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 LAUNCHERS = {"basic": None, "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
@@ -110,12 +111,12 @@ def _float_text(name: str, text: str | None) -> float | None:
 def _run(command: str, ov: list[str], overrides: list[str] | None, out: Path | None,
          multirun: bool = False) -> Any:
     from qfi_cli.app import run
-    from qfi_cli.validate import check_overrides, check_writable, hydra_flags, quote_values
+    from qfi_cli.validate import check_overrides, check_writable, hydra_flags, quote_values, target_overrides
 
     try:
         user = quote_values(list(overrides or []))
         flags = hydra_flags(user, command)
-        args = ov + user
+        args = target_overrides(ov + user)
         if flags:  # --cfg / --info / --resolve: Hydra prints; a sweep shows its first point's config
             from qfi_cli.validate import first_values
             return run([a for a in first_values(args) if a != "--multirun"])
@@ -213,6 +214,9 @@ def inject_eval(
                                                   show_default="10")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the fault patterns (eval.fault_seed).",
                                                 show_default="0")] = None,
+    save_faults: Annotated[Optional[Path], typer.Option("--save-faults", help="Record every trial's faulty bits "
+                                                        "in this .npz file; fault=replay fault.file=FILE applies "
+                                                        "them again.", show_default=False)] = None,
     out: Out = None,
     overrides: Overrides = None,
 ) -> None:
@@ -229,6 +233,7 @@ def inject_eval(
         ov.append(f"eval.bers=[{','.join(repr(b) for b in _bers(bers))}]")
     _opt(ov, "eval.trials", trials)
     _opt(ov, "eval.fault_seed", seed)
+    _opt(ov, "eval.save_faults", save_faults.resolve() if save_faults else None)
     _opt(ov, "hydra.run.dir", out)
     last = _run("inject-eval", ov, overrides, out)
     results = last["result"]
@@ -246,7 +251,64 @@ def inject_eval(
             "robust error (RErr)": results["rerr_mean"],
             "flips per trial (mean)": f"{sum(results['flips']) / len(results['flips']):.1f} of "
                                       f"{results['bits_total']} bits",
-            "NaN trials": results["nan_trials"], "seconds": results["seconds"]})
+            "NaN trials": results["nan_trials"], "seconds": results["seconds"],
+            **({"faults saved to": results["faults_file"]} if results.get("faults_file") else {})})
+
+
+SENSITIVITY_BER = 0.01  # qfi sensitivity's rate unless --ber, --count or the overrides choose the faults
+
+
+@app.command(context_settings=EXTRA, rich_help_panel="Jobs")
+def sensitivity(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to map.",
+                                                       show_default="the latest from `qfi train`")] = None,
+    ber: Annotated[Optional[str], typer.Option(help="Bit error rate inside each cell (layer x bit position).",
+                                               show_default=str(SENSITIVITY_BER))] = None,
+    count: Annotated[Optional[int], typer.Option(help="Exactly this many flipped bits per cell, instead of a "
+                                                      "rate.", show_default=False)] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Fault patterns per cell.", show_default="10")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the fault patterns (eval.fault_seed).",
+                                                show_default="0")] = None,
+    top: Annotated[Optional[int], typer.Option(help="Ranked cells to print.",
+                                               show_default="10")] = None,
+    budget: Annotated[bool, typer.Option("--budget", help="Also the protection budget: whole-model RErr as the "
+                                                          "most sensitive cells, then layers, are protected, and "
+                                                          "with the MSB protected (budget.csv, budget.png).")]
+    = False,
+    out: Out = None,
+    overrides: Overrides = None,
+) -> None:
+    """Map where faults hurt: RErr with faults in one layer and one bit position at a time; writes
+    sensitivity.csv, sensitivity.png and results.json (the whole model at the same rate).
+
+    Example: [bold]qfi sensitivity --ber 1e-2 --trials 20 --budget[/]
+    """
+    if ber is not None and count is not None:
+        _fail("give --ber or --count, not both")
+    ov = ["command=sensitivity"]
+    chosen = {arg.split("=", 1)[0].lstrip("+~") for arg in overrides or [] if "=" in arg}
+    if ber is None and count is None and not chosen & {"fault", "fault.ber", "fault.model", "fault.count",
+                                                       "eval.bers"}:
+        ov.append(f"fault.ber={SENSITIVITY_BER}")
+    _opt(ov, "checkpoint", checkpoint.resolve() if checkpoint else None)
+    _opt(ov, "fault.ber", _float_text("--ber", ber))
+    if count is not None:
+        ov += ["fault.model=bitflip_count", "fault.ber=null", f"fault.count={count}"]
+    _opt(ov, "eval.trials", trials)
+    _opt(ov, "eval.fault_seed", seed)
+    _opt(ov, "sensitivity.top", top)
+    if budget:
+        ov.append("sensitivity.budget=true")
+    _opt(ov, "hydra.run.dir", out)
+    last = _run("sensitivity", ov, overrides, out)
+    from qfi_cli.report.sensitivity import render_sensitivity
+
+    results = last["result"]
+    for res in results if isinstance(results, list) else [results] if results else []:
+        render_sensitivity(res, console, top=res.top)
+    if results:
+        console.print(f"wrote sensitivity.csv, sensitivity.png{', budget.csv, budget.png' if budget else ''} in "
+                      f"{last['out_dir']}", highlight=False, soft_wrap=True)
 
 
 @app.command(context_settings=EXTRA, rich_help_panel="Jobs")
@@ -399,19 +461,35 @@ def report(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (qf
         _fail(str(e))
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error classes (and "no arguments, show help"), from click and from Typer's own copy of it."""
+    modules = [click.exceptions]
+    try:
+        import typer._click.exceptions as vendored  # Typer >= 0.29 ships its own click
+
+        modules.append(vendored)
+    except ImportError:
+        pass
+    usage = tuple(m.ClickException for m in modules)
+    no_args = tuple(m.NoArgsIsHelpError for m in modules if hasattr(m, "NoArgsIsHelpError"))
+    return usage, no_args
+
+
 def main() -> None:
-    """Entry point: Typer's app with usage errors as one line (``error: ...``, exit 2)."""
+    """Entry point: Typer's app with usage errors as one line (``error: qfi CMD: ...``, exit 2)."""
+    usage, no_args = _click_exceptions()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="qfi", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError:
+    except no_args:
         raise SystemExit(0) from None
-    except click.ClickException as e:
-        name = e.ctx.command_path if getattr(e, "ctx", None) is not None else "qfi"
+    except usage as e:
+        ctx = getattr(e, "ctx", None)
+        name = ctx.command_path if ctx is not None else "qfi"
         errors.print(Text.assemble(("error: ", "bold red"), f"{name}: {first_line(e.format_message())}"),
                      highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
-    except click.exceptions.Abort:
+    except (KeyboardInterrupt, click.exceptions.Abort):
         raise SystemExit(130) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 

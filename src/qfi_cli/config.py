@@ -24,28 +24,75 @@ from typing import Any, Optional
 
 from qfi_cli.errors import QfiError
 from qfi_cli.faults.models import FaultConfig
+from qfi_cli.quant.encoding import FLOAT_FORMATS
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
-from qfi_cli.typed import check_seed, require, section
+from qfi_cli.targets import TARGET, target_label
+from qfi_cli.typed import check_seed, coerce, require, section
 
 @dataclass
 class QuantConfig:
-    """``quant``: quantizer name, weight / activation bit widths, per-channel scales, first/last layer bits."""
+    """``quant``: quantizer name, weight / activation bit widths, per-channel scales, first/last layer bits.
+
+    Float storage: ``name`` ``float`` with ``format`` fp16 | bf16 | fp32, or ``name`` fp16 | bf16 | fp32 itself
+    (``format`` then null or the same). The format decides the weight width: ``wbits`` must be null or that width
+    (16 or 32) and is set to it; ``abits`` null means the same format for activations, 32 keeps them fp32.
+
+    >>> q = QuantConfig(name="float", format="bf16", wbits=None, abits=None).validated()
+    >>> q.quantizer, q.wbits, q.abits
+    ('bf16', 16, 16)
+    >>> QuantConfig(name="fp16", wbits=8).validated()
+    Traceback (most recent call last):
+    ...
+    qfi_cli.errors.QfiError: quant=fp16 stores weights as fp16 (16 bits): quant.wbits must be 16 or null, got 8
+    """
 
     name: str = "lsq"
-    wbits: int = 8
-    abits: int = 8
+    wbits: Optional[int] = 8
+    abits: Optional[int] = 8
     per_channel: bool = False
     first_last_bits: Optional[int] = 8
+    format: Optional[str] = None
+
+    @property
+    def is_float(self) -> bool:
+        return self.name == "float" or self.name in FLOAT_FORMATS
+
+    @property
+    def quantizer(self) -> str:
+        """The registered quantizer that stores the weights (the format for float storage)."""
+        return self.format if self.is_float else self.name
 
     def validated(self) -> "QuantConfig":
-        QUANTIZERS.get(self.name)
-        check_bits(self.wbits, "weight bit width")
-        check_bits(self.abits, "activation bit width")
+        if self.is_float:
+            self._float_widths()
+        else:
+            QUANTIZERS.get(self.name)
+            require(self.format is None, f"quant.format applies to float storage (quant=float, fp16, bf16, fp32), "
+                                         f"not to quant={self.name}: drop it or choose quant=float")
+            check_bits(self.wbits, "weight bit width")
+            check_bits(self.abits, "activation bit width")
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, "quant.first_last_bits")
         require(not (self.name == "rquant" and self.per_channel),
                "rquant quantizes per layer (one range, one zero point): set quant.per_channel=false")
         return self
+
+    def _float_widths(self) -> None:
+        formats = ", ".join(FLOAT_FORMATS)
+        if self.name == "float":
+            require(self.format in FLOAT_FORMATS, f"quant=float needs quant.format: one of {formats}, got "
+                                                  f"{self.format!r}")
+        else:
+            require(self.format in (None, self.name), f"quant={self.name} stores {self.name}: quant.format must be "
+                                                      f"null or {self.name}, got {self.format!r}")
+            self.format = self.name
+        width = FLOAT_FORMATS[self.format][2]
+        require(self.wbits in (None, width), f"quant={self.name} stores weights as {self.format} ({width} bits): "
+                                             f"quant.wbits must be {width} or null, got {self.wbits}")
+        require(self.abits in (None, width, 32), f"quant={self.name}: quant.abits must be null or {width} "
+                                                 f"({self.format} activations) or 32 (fp32), got {self.abits}")
+        self.wbits = width
+        self.abits = width if self.abits is None else int(self.abits)
 
 
 @dataclass
@@ -132,13 +179,16 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """``eval``: trials per rate, batch size, test-set limit, the fault-pattern seed, and the rates of one job."""
+    """``eval``: trials per rate, batch size, test-set limit, the fault-pattern seed, the rates of one job, and
+    where inject-eval records every trial's faulty bits (``save_faults``: relative paths lie in the run
+    directory)."""
 
     trials: int = 10
     batch_size: int = 1000
     limit: Optional[int] = None
     fault_seed: int = 0
     bers: Optional[list[float]] = None
+    save_faults: Optional[str] = None
 
     def validated(self) -> "EvalConfig":
         require(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
@@ -180,14 +230,35 @@ class AttackConfig:
 
 @dataclass
 class DataConfig:
-    """``data``: the data set's name and the local root its files are read from (``~`` expands)."""
+    """``data``: the data set's name and the local root its files are read from (``~`` expands); or the user's own
+    callable, ``data._target_`` (``target``): its other keys are the callable's arguments, ``name`` its label.
+
+    >>> DataConfig.from_plain({"_target_": "mypkg.data.make", "n": 100}, "data").as_dict()
+    {'_target_': 'mypkg.data.make', 'name': 'make', 'n': 100}
+    """
 
     name: str = "digits"
     root: Optional[str] = None
+    target: Optional[str] = field(default=None, init=False)
+    kwargs: dict = field(default_factory=dict, init=False)
+
+    @classmethod
+    def from_plain(cls, data: Any, path: str) -> "DataConfig":
+        if not (isinstance(data, dict) and TARGET in data):
+            return section(cls, data, path)
+        target = coerce(f"{path}.{TARGET}", data[TARGET], str)
+        out = cls(name=coerce(f"{path}.name", data.get("name", target_label(target)), str))
+        out.target, out.kwargs = target, {k: v for k, v in data.items() if k not in (TARGET, "name")}
+        return out
 
     def validated(self) -> "DataConfig":
         self.root = None if self.root is None else str(Path(self.root).expanduser())
         return self
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.target is not None:
+            return {TARGET: self.target, "name": self.name, **self.kwargs}
+        return {"name": self.name, "root": self.root}
 
 
 @dataclass
@@ -201,8 +272,21 @@ class PathsConfig:
         return self
 
 
+@dataclass
+class SensitivityConfig:
+    """``sensitivity``: how many ranked cells to print (``top``), and whether to add the protection budget curve
+    (``budget``: whole-model RErr as the most sensitive cells are protected one by one)."""
+
+    top: int = 10
+    budget: bool = False
+
+    def validated(self) -> "SensitivityConfig":
+        require(self.top >= 0, f"sensitivity.top must be >= 0, got {self.top}")
+        return self
+
+
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-COMMANDS = ("train", "inject_eval", "attack")
+COMMANDS = ("train", "inject_eval", "sensitivity", "attack")
 
 
 @dataclass
@@ -225,6 +309,7 @@ class RunConfig:
     fault: FaultConfig = field(default_factory=FaultConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     logger: dict = field(default_factory=lambda: {"name": "csv"})
@@ -240,7 +325,15 @@ class RunConfig:
         require(self.command in COMMANDS, f"unknown command {self.command!r}: use {', '.join(COMMANDS)}")
         check_seed("seed", self.seed)
         require(bool(DEVICE.match(self.device)), f"unknown device {self.device!r}: use auto, cpu or cuda[:N]")
-        require(isinstance(self.model.get("name"), str), "model.name must name a registered model")
+        target = self.model.get(TARGET)
+        require(isinstance(self.model.get("name"), str) or isinstance(target, str),
+                "model.name must name a registered model (or model._target_ your own class, e.g. mypkg.nets.MyNet)")
+        if isinstance(target, str):
+            self.model.setdefault("name", target_label(target))  # the label results and reports show
+        init = self.model.get("init")
+        require(init is None or isinstance(init, str), f"model.init must be a file path or null, got {init!r}")
+        if init is not None:  # the float state_dict loaded before quantization, stored resolved
+            self.model["init"] = str(Path(init).expanduser().resolve())
         if self.checkpoint is not None:
             self.checkpoint = str(Path(self.checkpoint).expanduser())
         return self

@@ -19,6 +19,10 @@ RERR_CURVE = "rerr_curve.png"     # sweep: robust error against BER
 TABLE_MD = "table.md"             # sweep: the study table (Stutz et al.'s layout), with its caption
 TABLE_CSV = "table.csv"           # sweep: the same numbers, machine-readable
 PAIRED = "paired.csv"             # sweep: paired differences between configurations that differ in one factor
+SENSITIVITY_CSV = "sensitivity.csv"  # sensitivity: one row per layer x bit position
+SENSITIVITY_PNG = "sensitivity.png"  # sensitivity: the heatmap (layers x bits, RErr colour)
+BUDGET_CSV = "budget.csv"         # sensitivity --budget: whole-model RErr as protection is added
+BUDGET_PNG = "budget.png"         # sensitivity --budget: RErr against the fraction of stored bits protected
 MODELS_DIR = "models"             # sweep --train: <sweep dir>/models/<digest>/
 LATEST_FILE = "latest_checkpoint.txt"  # outputs root: the model `qfi train` wrote last
 

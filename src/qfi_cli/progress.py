@@ -12,6 +12,13 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 
+def wide_console() -> Console:
+    """A console for tables: the terminal's width, or 160 columns when the output is a file or a pipe (logs, CI),
+    so that study tables are not squeezed into Rich's 80-column default."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 class Reporter:
     """Report long loops. ``live=None`` picks a live bar only when stderr is a terminal.
 

@@ -75,8 +75,8 @@ def coerce(path: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict):
             raise QfiError(f"{path} must be a mapping, got {_describe(value)}")
         return dict(value)
-    if dataclasses.is_dataclass(hint):
-        return section(hint, value, path)
+    if dataclasses.is_dataclass(hint):  # a class may read its own section (``from_plain``)
+        return hint.from_plain(value, path) if hasattr(hint, "from_plain") else section(hint, value, path)
     raise TypeError(f"unsupported config type {hint!r} at {path}")
 
 

@@ -110,6 +110,44 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def target_overrides(args: list[str]) -> list[str]:
+    """Hydra's ``_target_`` convention on the command line: ``model._target_=mypkg.nets.MyNet`` replaces the
+    default model (``~model``) and the other ``model.KEY=V`` become its constructor arguments (``+model.KEY=V``);
+    the same for ``data._target_``. ``model.init=PATH`` works for every model (``++model.init``).
+
+    >>> target_overrides(["model._target_=m.Net", "model.hidden=8", "train.lr=0.1"])
+    ['~model', '+model._target_=m.Net', '+model.hidden=8', 'train.lr=0.1']
+    >>> target_overrides(["model.init=w.pt", "--cfg", "job"])
+    ['++model.init=w.pt', '--cfg', 'job']
+    """
+    def key(arg: str) -> str:
+        return arg.partition("=")[0].lstrip("+~") if not arg.startswith("-") else ""
+
+    out = list(args)
+    for section in ("model", "data"):
+        if not any(key(a) == f"{section}._target_" and "=" in a for a in out):
+            continue
+        chosen = [a for a in out if key(a) == section and not a.startswith("~")]
+        if chosen:
+            what, option = ("model", "--model") if section == "model" else ("data set", "--dataset")
+            raise QfiError(f"{section}._target_ replaces a named {what} ({chosen[0]}): give one of them "
+                           f"(drop {chosen[0]} / {option})")
+        out = [f"+{a}" if key(a).startswith(section + ".") and not a.startswith(("+", "~")) else a for a in out]
+        if f"~{section}" not in out:
+            out.insert(0, f"~{section}")
+    return [f"++{a}" if key(a) == "model.init" and not a.startswith(("+", "~")) else a for a in out]
+
+
+def check_targets(composed: dict[str, Any]) -> None:
+    """Import the user's ``model._target_`` / ``data._target_`` now, so a wrong path is one line before any job."""
+    from qfi_cli.targets import TARGET, resolve_target
+
+    for section in ("model", "data"):
+        spec = composed.get(section)
+        if isinstance(spec, dict) and TARGET in spec:
+            resolve_target(spec[TARGET], f"{section}.{TARGET}")
+
+
 def _values(o: Any) -> list[str]:
     return list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
 
@@ -169,9 +207,12 @@ def check_overrides(args: list[str]) -> dict[str, Any]:
     first = [c[0] for c in choices if c]
     composed = _compose(first)
     RunConfig.from_dict(composed)
+    check_targets(composed)
     for i, options in enumerate(choices):  # each further value of a swept key, the others at their first value
         for option in options[1:]:
-            RunConfig.from_dict(_compose([option if j == i else c[0] for j, c in enumerate(choices) if c]))
+            other = _compose([option if j == i else c[0] for j, c in enumerate(choices) if c])
+            RunConfig.from_dict(other)
+            check_targets(other)
     return composed
 
 

@@ -10,5 +10,7 @@
 
 from qfi_cli.data.datasets import DATASETS, DEFAULT_DATASET, list_datasets, load_dataset
 from qfi_cli.data.tensors import InMemoryDataset, random_crop_flip
+from qfi_cli.data.user import as_dataset, load_user_data
 
-__all__ = ["DATASETS", "DEFAULT_DATASET", "InMemoryDataset", "list_datasets", "load_dataset", "random_crop_flip"]
+__all__ = ["DATASETS", "DEFAULT_DATASET", "InMemoryDataset", "as_dataset", "list_datasets", "load_dataset",
+           "load_user_data", "random_crop_flip"]

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from qfi_cli.config import RunConfig
-from qfi_cli.data import InMemoryDataset
+from qfi_cli.config import DataConfig, RunConfig
+from qfi_cli.data import InMemoryDataset, load_dataset, load_user_data
 from qfi_cli.errors import QfiError, first_line
-from qfi_cli.models import build_model, input_size
+from qfi_cli.models import build_model, build_user_model, input_size, load_float_weights, model_label
+from qfi_cli.targets import TARGET
 from qfi_cli.quant import quantize_model
 
 
@@ -39,27 +40,55 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_quantized_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset) -> nn.Module:
-    """The quantized model that ``cfg.model`` and ``cfg.quant`` describe, for ``data``'s shapes.
+def load_data(data: DataConfig, device: str | torch.device, root: str | None = None) -> InMemoryDataset:
+    """The data set ``data`` describes (``root``, when given, replaces ``data.root``), or what the user's
+    ``data._target_`` callable returns, checked against the contract (``qfi_cli.data.user``)."""
+    if data.target is not None:
+        return load_user_data(data.target, data.kwargs, data.name, device)
+    return load_dataset(data.name, root if root is not None else data.root, device)
 
-    A model that does not fit the data's inputs (LeNet-5 on 8x8 digits) is a one-line QfiError saying what it needs.
+
+def build_float_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset, init: bool = True) -> nn.Module:
+    """The float model ``cfg.model`` describes (a registered ``name`` or the user's ``_target_``) for ``data``'s
+    shapes, with the float weights of ``model.init`` loaded when ``init``; in train mode.
+
+    A model that does not fit the data's inputs (LeNet-5 on 8x8 digits), or whose output is not one logit per
+    class, is a one-line QfiError saying what it needs.
     """
     cfg = RunConfig.from_dict(cfg)
-    name = cfg.model["name"]
-    model = build_model(name, num_classes=data.num_classes, in_channels=data.in_channels,
-                        **{k: v for k, v in cfg.model.items() if k != "name"})
+    spec = cfg.model
+    label = model_label(spec)
+    if TARGET in spec:
+        model, needs = build_user_model(spec, data.num_classes, data.in_channels), None
+    else:
+        model = build_model(spec["name"], num_classes=data.num_classes, in_channels=data.in_channels,
+                            **{k: v for k, v in spec.items() if k not in ("name", "init")})
+        needs = input_size(spec["name"])
+    if init and spec.get("init") is not None:
+        load_float_weights(model, spec["init"])
     x = next(data.batches("test", 1))[0]
     try:  # the float model, in eval mode: no quantizer initialises on this sample, no statistic moves
         with torch.no_grad():
-            model.eval()(x)
+            out = model.eval()(x)
     except RuntimeError as e:
-        needs = input_size(name)
         shape = "x".join(str(d) for d in x.shape[1:])
-        raise QfiError(f"model {name} does not fit {cfg.data.name}'s {shape} inputs ({first_line(e)})"
-                       + (f": {name} needs {needs}x{needs} inputs" if needs else "")) from None
-    model.train()
+        raise QfiError(f"model {label} does not fit {cfg.data.name}'s {shape} inputs ({first_line(e)})"
+                       + (f": {label} needs {needs}x{needs} inputs" if needs else "")) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, data.num_classes):
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise QfiError(f"model {label} must return logits of shape (batch, {data.num_classes}) for the "
+                       f"{data.num_classes} classes of {cfg.data.name}, got {got}")
+    return model.train()
+
+
+def build_quantized_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset, init: bool = True) -> nn.Module:
+    """The quantized model that ``cfg.model`` and ``cfg.quant`` describe, for ``data``'s shapes: the float model
+    (:func:`build_float_model`) with every Conv2d / Linear quantized. ``init=False`` skips ``model.init`` (a
+    checkpoint's own weights replace them anyway)."""
+    cfg = RunConfig.from_dict(cfg)
+    model = build_float_model(cfg, data, init)
     q = cfg.quant
-    model = quantize_model(model, q.name, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
+    model = quantize_model(model, q.quantizer, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
                            first_last_bits=q.first_last_bits)
     return model
 

@@ -7,21 +7,24 @@ lower rate flips a subset of the bits it flips at a higher rate (nested patterns
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from qfi_cli.config import RunConfig
-from qfi_cli.data import InMemoryDataset, load_dataset
-from qfi_cli.engine.common import build_quantized_model, predict_correct, resolve_device
+from qfi_cli.config import DataConfig, RunConfig
+from qfi_cli.data import InMemoryDataset
+from qfi_cli.engine.common import build_quantized_model, load_data, predict_correct, resolve_device
 from qfi_cli.errors import QfiError, first_line
 from qfi_cli.faults import FaultInjector
 from qfi_cli.io import load_checkpoint
+from qfi_cli.models import model_label
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, weight_bits_total
 from qfi_cli.stats import bootstrap_ci, describe_ci
@@ -50,8 +53,8 @@ def _fraction(mask: torch.Tensor) -> float:
 
 
 @lru_cache(maxsize=4)
-def _cached_dataset(name: str, root: str | None, device: str) -> InMemoryDataset:
-    return load_dataset(name, root, device)
+def _cached_dataset(spec: str, root: str | None, device: str) -> InMemoryDataset:
+    return load_data(DataConfig.from_plain(json.loads(spec), "data"), device, root)
 
 
 def _select(cfg: dict[str, Any], dotted: str) -> Any:
@@ -80,8 +83,8 @@ def load_trained(checkpoint: str | Path, device: torch.device, data_root: str | 
         raise QfiError(f"checkpoint {checkpoint} holds a config this qfi cannot read: {e}") from None
     try:
         root = data_root if data_root is not None else tcfg.data.root
-        data = _cached_dataset(tcfg.data.name, root, str(device))
-        model = build_quantized_model(tcfg, data).to(device)
+        data = _cached_dataset(json.dumps(tcfg.data.as_dict(), sort_keys=True), root, str(device))
+        model = build_quantized_model(tcfg, data, init=False).to(device)  # model.pt's weights, not model.init
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError) as e:
         raise QfiError(f"checkpoint {checkpoint} does not match its model config: {first_line(e, 200)}") from None
@@ -90,8 +93,20 @@ def load_trained(checkpoint: str | Path, device: torch.device, data_root: str | 
 
 def rates(cfg: RunConfig) -> list[tuple[float | None, int | None]]:
     """The (ber, count) levels one job evaluates, ascending: ``eval.bers`` or ``fault.ber``; ``fault.count`` for
-    ``bitflip_count``."""
+    ``bitflip_count``; for ``replay`` the file's rates (those ``eval.bers`` / ``fault.ber`` pick); one level
+    without a rate for ``profile``."""
     fault = cfg.fault
+    source = fault.fault_model.source
+    if source == "profile":
+        if cfg.eval.bers:
+            raise QfiError("eval.bers does not apply to fault=profile (its rates come from the map in fault.file)")
+        return [(None, None)]
+    if source == "replay":
+        from qfi_cli.faults.replay import read_fault_file
+
+        saved = read_fault_file(fault.file)
+        wanted = cfg.eval.bers or ([fault.ber] if fault.ber is not None else None)
+        return saved.levels if wanted is None else [saved.levels[saved.level_of(b, None)] for b in sorted(set(wanted))]
     if fault.fault_model.counted:
         if cfg.eval.bers:
             raise QfiError("eval.bers does not apply to fault.model=bitflip_count (it flips fault.count bits)")
@@ -99,67 +114,143 @@ def rates(cfg: RunConfig) -> list[tuple[float | None, int | None]]:
     return [(b, None) for b in sorted(set(cfg.eval.bers or [fault.ber]))]
 
 
+@dataclass
+class TrialStats:
+    """Per-trial outcomes of one fault setting: accuracy, robust error, changed bits; NaN/Inf counts."""
+
+    accuracies: list[float] = field(default_factory=list)
+    rerrs: list[float] = field(default_factory=list)
+    flips: list[int] = field(default_factory=list)
+    nan_trials: int = 0
+    nonfinite: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """Means and 95% bootstrap intervals (over trials) of accuracy and RErr.
+
+        >>> TrialStats([0.9, 0.7], [0.1, 0.3], [1, 2]).summary()["rerr_ci95"]
+        [0.1, 0.3]
+        """
+        mean, std, ci = mean_ci95(self.accuracies)
+        rerr, _, rerr_ci = mean_ci95(self.rerrs)
+        return {"accuracy_mean": mean, "accuracy_std": std, "accuracy_ci95": ci, "rerr_mean": rerr,
+                "rerr_ci95": rerr_ci, "flips_mean": sum(self.flips) / len(self.flips)}
+
+
+def run_trials(model: torch.nn.Module, data: InMemoryDataset, injector: FaultInjector, trials: Iterable[int],
+               clean: tuple[torch.Tensor, int], batch_size: int, limit: int | None = None, ber: float | None = None,
+               count: int | None = None, before: Callable[[int], None] | None = None,
+               advance: Callable[[int, str], None] | None = None, label: str = "") -> TrialStats:
+    """Evaluate ``model`` under the injector's trial ``t`` for each ``t`` in ``trials`` (at ``ber`` / ``count``).
+
+    ``clean`` is ``predict_correct``'s answer without faults (RErr counts a sample wrong under faults or wrong
+    when clean); a trial whose faults changed no stored bit of the frozen weights is the clean model, so it is
+    not evaluated again. ``before(t)`` runs before each trial, ``advance(1, status)`` after it.
+    """
+    stats = TrialStats()
+    trials = list(trials)
+    clean_correct = clean[0]
+    in_place = (injector.config.target == "weights" and injector.config.persistence == "trial"
+                and all(m.frozen_weight is not None for _, m in injector.layers))
+    for t in trials:
+        if before is not None:
+            before(t)
+        with injector.trial(t, ber=ber, count=count):
+            unchanged = in_place and injector.flips_total() == 0
+            correct, bad = clean if unchanged else predict_correct(model, data, batch_size, limit)
+        stats.accuracies.append(_fraction(correct))
+        stats.rerrs.append(_fraction(~correct | ~clean_correct))
+        stats.flips.append(injector.flips_total())
+        stats.nan_trials += int(bad > 0)
+        stats.nonfinite += bad
+        if advance is not None:
+            rate = f"ber {ber:.3g}" if ber is not None else f"count {count}" if count is not None else "profile"
+            advance(1, f"{label}{rate} trial {t + 1}/{len(trials)} acc {stats.accuracies[-1]:.4f} "
+                       f"flips {stats.flips[-1]}")
+    return stats
+
+
+def result_record(cfg: RunConfig, stats: TrialStats, injector: FaultInjector, model: torch.nn.Module,
+                  ckpt: dict[str, Any], checkpoint: str | Path, clean_correct: torch.Tensor, ber: float | None,
+                  count: int | None, fault_seed: int, device: torch.device, seconds: float) -> dict[str, Any]:
+    """The results.json record of one rate (what ``inject_eval`` returns per rate)."""
+    saved, fault = ckpt["config"], cfg.fault
+    summary = stats.summary()
+    shown_ber = ber
+    if ber is None and fault.fault_model.source == "profile":
+        shown_ber = injector.source.mean_rate  # the map's expected fraction of faulty bits: its place on a p axis
+    return {
+        "ber": shown_ber, "count": count, "trials": len(stats.accuracies), "seed": saved.get("seed"),
+        "fault_seed": fault_seed,
+        "clean_accuracy": _fraction(clean_correct),
+        "accuracy_mean": summary["accuracy_mean"], "accuracy_std": summary["accuracy_std"],
+        "accuracy_ci95": summary["accuracy_ci95"], "ci_method": describe_ci(1),
+        "rerr_mean": summary["rerr_mean"],
+        "accuracies": stats.accuracies, "rerrs": stats.rerrs, "flips": stats.flips,
+        "bits_total": injector.exposed_weight_bits(), "bits_model": weight_bits_total(model),
+        "nan_trials": stats.nan_trials, "nonfinite_predictions": stats.nonfinite,
+        "fault": fault.as_dict() | {"ber": ber, "count": fault.count if count is None else count},
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "model": model_label(saved["model"]), "dataset": saved["data"]["name"],
+        "recipe": saved.get("recipe"), "wbits": saved["quant"]["wbits"],
+        "quantizer": saved["quant"]["name"], "rho": saved["sam"]["rho"],
+        "train_metrics": ckpt.get("metrics") or {},
+        "samples": int(clean_correct.numel()), "device": str(device),
+        "seconds": round(seconds, 3),
+    }
+
+
 def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporter: Reporter | None = None,
                 expect: dict[str, Any] | None = None,
-                on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                on_result: Callable[[dict[str, Any]], None] | None = None,
+                save_faults: str | Path | None = None) -> list[dict[str, Any]]:
     """Evaluate ``checkpoint`` under ``cfg.fault`` for ``cfg.eval.trials`` trials at each rate; one result per rate.
 
     Weight faults of a trial are fixed (persistence ``trial``): the model is quantized once, each trial's faults are
     written into the frozen weights and undone afterwards. Trial t's pattern depends only on (fault seed, t, rate,
     layer), so two models or two rates are compared on nested, identical faults. ``on_result`` receives each
     rate's result as soon as it is complete (a sweep writes it then: an interrupted job keeps finished rates).
-    Example::
+    ``save_faults``: write every trial's faulty bits there (``qfi_cli.faults.replay``; ``fault=replay`` applies
+    them again; its trials are the file's). Example::
 
         [res] = inject_eval(cfg, "runs/w4/model.pt")   # res["accuracy_mean"], res["accuracies"], ...
     """
     cfg = RunConfig.from_dict(cfg)
     reporter = reporter or Reporter()
     start = time.perf_counter()
-    fault, trials, levels = cfg.fault, cfg.eval.trials, rates(cfg)
+    fault, trials, levels, fault_seed = cfg.fault, cfg.eval.trials, rates(cfg), cfg.eval.fault_seed
+    if save_faults is not None and (fault.target != "weights" or fault.persistence != "trial"):
+        raise QfiError("--save-faults records per-trial weight faults: it needs fault.target=weights and "
+                       "fault.persistence=trial")
     device = resolve_device(cfg.device)
     model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect)
-    saved = ckpt["config"]
     batch_size, limit = cfg.eval.batch_size, cfg.eval.limit
     results = []
-    with FaultInjector(model, fault, seed=cfg.eval.fault_seed) as injector:
+    with FaultInjector(model, fault, seed=fault_seed) as injector:
         if fault.target != "activations" and injector.exposed_weight_bits() == 0:
-            raise QfiError("no weight bits are exposed to faults (check fault.layers and fault.bits)")
+            raise QfiError("no weight bits are exposed to faults (check fault.layers, fault.bits and fault.protect)")
+        if fault.fault_model.source == "replay":  # the file's trials and fault seed
+            trials, fault_seed = injector.source.trials, injector.source.meta.get("fault_seed", fault_seed)
+        recorder = None
+        if save_faults is not None:
+            from qfi_cli.faults.replay import FaultRecorder
+
+            recorder = FaultRecorder(model, levels, trials, fault_seed=fault_seed, fault=fault.as_dict(),
+                                     checkpoint=str(Path(checkpoint).resolve()),
+                                     model_name=model_label(ckpt["config"]["model"]))
+            injector.recorder = recorder.add
         with frozen_weights(model) if fault.persistence == "trial" else nullcontext():
             with injector.disabled():
-                clean_correct, _ = predict_correct(model, data, batch_size, limit)
+                clean = predict_correct(model, data, batch_size, limit)
+            clean_correct = clean[0]
             with reporter.task("inject-eval", total=trials * len(levels)) as advance:
-                for ber, count in levels:
-                    accuracies, rerrs, flips, nan_trials, nonfinite = [], [], [], 0, 0
-                    for t in range(trials):
-                        with injector.trial(t, ber=ber, count=count):
-                            correct, bad = predict_correct(model, data, batch_size, limit)
-                        accuracies.append(_fraction(correct))
-                        rerrs.append(_fraction(~correct | ~clean_correct))
-                        flips.append(injector.flips_total())
-                        nan_trials += int(bad > 0)
-                        nonfinite += bad
-                        rate = f"ber {ber:.3g}" if ber is not None else f"count {count}"
-                        advance(1, f"{rate} trial {t + 1}/{trials} acc {accuracies[-1]:.4f} flips {flips[-1]}")
-                    mean, std, ci = mean_ci95(accuracies)
-                    result = {
-                        "ber": ber, "count": count, "trials": trials, "seed": saved.get("seed"),
-                        "fault_seed": cfg.eval.fault_seed,
-                        "clean_accuracy": _fraction(clean_correct),
-                        "accuracy_mean": mean, "accuracy_std": std, "accuracy_ci95": ci,
-                        "ci_method": describe_ci(1),
-                        "rerr_mean": sum(rerrs) / len(rerrs),
-                        "accuracies": accuracies, "rerrs": rerrs, "flips": flips,
-                        "bits_total": injector.exposed_weight_bits(), "bits_model": weight_bits_total(model),
-                        "nan_trials": nan_trials, "nonfinite_predictions": nonfinite,
-                        "fault": fault.as_dict() | {"ber": ber, "count": fault.count if count is None else count},
-                        "checkpoint": str(Path(checkpoint).resolve()),
-                        "model": saved["model"]["name"], "dataset": saved["data"]["name"],
-                        "recipe": saved.get("recipe"), "wbits": saved["quant"]["wbits"],
-                        "quantizer": saved["quant"]["name"], "rho": saved["sam"]["rho"],
-                        "train_metrics": ckpt.get("metrics") or {},
-                        "samples": int(clean_correct.numel()), "device": str(device),
-                        "seconds": round(time.perf_counter() - start, 3),
-                    }
+                for i, (ber, count) in enumerate(levels):
+                    stats = run_trials(model, data, injector, range(trials), clean, batch_size, limit, ber,
+                                       count, before=None if recorder is None else lambda t: recorder.begin(i, t),
+                                       advance=advance)
+                    result = result_record(cfg, stats, injector, model, ckpt, checkpoint, clean_correct, ber, count,
+                                           fault_seed, device, time.perf_counter() - start)
+                    if save_faults is not None and i == len(levels) - 1:
+                        result["faults_file"] = str(recorder.save(save_faults).resolve())
                     start = time.perf_counter()
                     results.append(result)
                     if on_result is not None:

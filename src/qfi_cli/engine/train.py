@@ -21,20 +21,19 @@ import logging
 import math
 import time
 import warnings
-from contextlib import ExitStack, nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from qfi_cli.config import RunConfig
-from qfi_cli.data import load_dataset
-from qfi_cli.engine.common import build_quantized_model, predict_correct, resolve_device, seed_everything
+from qfi_cli.engine.common import build_quantized_model, load_data, predict_correct, resolve_device, seed_everything
 from qfi_cli.engine.sharpness import sharpness
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultConfig, FaultInjector
-from qfi_cli.faults.search import adversarial_flips, flipped
+from qfi_cli.faults.search import Masks, adversarial_flips, flipped
 from qfi_cli.io import load_checkpoint, save_checkpoint, write_json
 from qfi_cli.layout import LAST, METRICS, MODEL
 from qfi_cli.loggers import make_logger, scalars
@@ -75,6 +74,65 @@ def _training_injectors(cfg: RunConfig, model: torch.nn.Module) -> tuple[FaultIn
     return None, None
 
 
+class TrainingFaults:
+    """Where training meets fault injection: step k's pattern, RandBET's / AdvBET's objective and its start latch.
+
+    ``with faults.step(k, x, y):`` holds step k's pattern for every forward inside (both SAM passes; AdvBET finds
+    its flips on the batch (x, y) here, once); ``loss(model, x, y)`` is the step's objective, returning ``(loss,
+    clean logits)``; ``after_step(logits, y)`` records the clean loss that decides when bit error training starts.
+    Without faults in training it is plain cross-entropy.
+    """
+
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module) -> None:
+        self.faulty, self.bet = _training_injectors(cfg, model)
+        self.model, self.adversarial = model, cfg.train.bet.mode == "adversarial"
+        self.adv_flips, self.adv_steps = cfg.train.bet.adv_flips, cfg.train.bet.adv_steps
+        self.weight, self.start_loss = cfg.train.bet.weight, cfg.train.bet.start_loss
+        self.on, self.last_clean = False, math.inf
+        self.flips: Masks | None = None
+
+    @contextmanager
+    def step(self, step: int, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Iterator[None]:
+        injector = self.faulty or self.bet
+        if self.adversarial and self.on and x is not None:  # AdvBET: this batch's flips, for both SAM passes
+            with frozen_bn_stats(self.model):
+                self.flips = adversarial_flips(self.model, x, y, self.adv_flips, self.adv_steps)
+        try:
+            with injector.step(step) if injector is not None else nullcontext():
+                yield
+        finally:
+            self.flips = None
+
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy at the clean Q(w) (faulty Q(w) under ``fault.enable_in_training``), plus RandBET's
+        ``weight * CE`` under the step's random pattern (AdvBET's: its adversarial flips) once started
+        (batch-norm statistics frozen for it)."""
+        with self.bet.disabled() if self.bet is not None else nullcontext():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        if self.on:
+            with frozen_bn_stats(model), flipped(model, self.flips) if self.flips else nullcontext():
+                loss = loss + self.weight * F.cross_entropy(model(x), y)
+        return loss, logits
+
+    def after_step(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        if self.bet is not None or self.adversarial:
+            self.last_clean = float(F.cross_entropy(logits.detach(), y))
+            self.on = self.on or self.last_clean < self.start_loss
+
+    def state(self) -> dict[str, Any]:
+        return {"bet_on": self.on, "last_clean_loss": self.last_clean}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.on = bool(state.get("bet_on", False))
+        self.last_clean = float(state.get("last_clean_loss", math.inf))
+
+    def detach(self) -> None:
+        for injector in (self.faulty, self.bet):
+            if injector is not None:
+                injector.detach()
+
+
 def clip_weights(model: torch.nn.Module, w_max: float) -> None:
     """Clamp the float weights of every quantized layer to ``[-w_max, w_max]`` (in place).
 
@@ -96,7 +154,8 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
 
     ``cfg`` is the composed config (a ``RunConfig`` or its plain dict, see ``conf/config.yaml``). With ``resume``,
     training continues from ``out_dir/last.pt`` (written atomically after every epoch) and ends with the same
-    weights as an uninterrupted run. ``train.epochs=0`` is post-training quantization: calibration only. Example
+    weights as an uninterrupted run. ``model.init`` (a float state_dict) is loaded before quantization, so training
+fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): calibration only. Example
     (``cfg`` as composed from conf/, e.g. ``.hydra/config.yaml`` of a run)::
 
         metrics = train(cfg, "runs/w4")   # -> runs/w4/model.pt, runs/w4/metrics.json
@@ -109,18 +168,17 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
     start_time = time.perf_counter()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    data = load_dataset(cfg.data.name, cfg.data.root, device)
-    model = build_quantized_model(cfg, data).to(device)
+    data = load_data(cfg.data, device)
+    model = build_quantized_model(cfg, data, init=not resume).to(device)
     calibrate(model, next(data.batches("train", tcfg.batch_size, limit=tcfg.limit))[0])
     base = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
                            nesterov=tcfg.nesterov)
     scheduler = _scheduler(base, tcfg.schedule, epochs)
-    faulty, bet = _training_injectors(cfg, model)
-    adversarial = tcfg.bet.mode == "adversarial"
+    faults = TrainingFaults(cfg, model)
     sam = SAM(model, base, rho=cfg.sam.rho, adaptive=cfg.sam.adaptive, eta=cfg.sam.eta, grad_clip=tcfg.grad_clip)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
-    start_epoch, history, prior_seconds, bet_on, last_clean = 0, [], 0.0, False, math.inf
+    start_epoch, history, prior_seconds = 0, [], 0.0
     if resume:
         state = load_checkpoint(out_dir / LAST, map_location=device)
         model.load_state_dict(state["state_dict"])
@@ -130,7 +188,7 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
         torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch, history = int(state["epoch"]), list(state["history"])
         prior_seconds = float(state["seconds"])
-        bet_on, last_clean = bool(state.get("bet_on", False)), float(state.get("last_clean_loss", math.inf))
+        faults.load_state(state)
         reporter.log(f"resuming from epoch {start_epoch} of {epochs}")
 
     batch_size = tcfg.batch_size
@@ -145,34 +203,11 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
                 loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
                 for i, (x, y) in enumerate(data.batches("train", batch_size, shuffle=True, generator=generator,
                                                         augment=True, limit=tcfg.limit)):
-                    step = epoch * steps + i
-                    bet_on = bet_on or ((bet is not None or adversarial) and last_clean < tcfg.bet.start_loss)
-                    with ExitStack() as stack:
-                        if faulty is not None:
-                            stack.enter_context(faulty.step(step))
-                        if bet is not None:
-                            stack.enter_context(bet.step(step))
-                        flips = None
-                        if adversarial and bet_on:  # AdvBET: this batch's adversarial flips, for both SAM passes
-                            with frozen_bn_stats(model):
-                                flips = adversarial_flips(model, x, y, tcfg.bet.adv_flips, tcfg.bet.adv_steps)
-
-                        def objective() -> tuple[torch.Tensor, torch.Tensor]:
-                            with bet.disabled() if bet is not None else nullcontext():
-                                logits = model(x)
-                                loss = F.cross_entropy(logits, y)
-                            if bet_on:  # BET: plus the loss under this step's random / adversarial flips
-                                with frozen_bn_stats(model), flipped(model, flips) if flips else nullcontext():
-                                    loss = loss + tcfg.bet.weight * F.cross_entropy(model(x), y)
-                            return loss, logits
-
-                        loss, logits = sam.step(objective)
-                        clean_loss = (F.cross_entropy(logits.detach(), y) if bet is not None or adversarial
-                                      else None)
+                    with faults.step(epoch * steps + i, x, y):
+                        loss, logits = sam.step(lambda: faults.loss(model, x, y))
+                    faults.after_step(logits, y)
                     if tcfg.clip_weights is not None:
                         clip_weights(model, tcfg.clip_weights)
-                    if clean_loss is not None:
-                        last_clean = float(clean_loss)
                     loss_sum += loss * len(y)
                     correct += (logits.argmax(1) == y).sum()
                     seen += len(y)
@@ -191,11 +226,8 @@ def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Report
                 save_checkpoint(out_dir / LAST, model.state_dict(), cfg.as_dict(), epoch=epoch + 1, history=history,
                                 optimizer=base.state_dict(), scheduler=scheduler.state_dict(),
                                 generator=generator.get_state(), torch_rng=torch.get_rng_state(),
-                                seconds=prior_seconds + time.perf_counter() - start_time, bet_on=bet_on,
-                                last_clean_loss=last_clean)
-        for injector in (faulty, bet):
-            if injector is not None:
-                injector.detach()
+                                seconds=prior_seconds + time.perf_counter() - start_time, **faults.state())
+        faults.detach()
         sam.clear()
         model.eval()
         if history:

@@ -18,7 +18,7 @@ through it.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -36,17 +36,20 @@ class Written(NamedTuple):
     new: torch.Tensor
 
 
-def write_masked(flat: torch.Tensor, encoding: Encoding, index: torch.Tensor, mask: torch.Tensor,
-                 mode: str = "flip") -> Written:
-    """Apply ``mask`` (one int64 bit mask per entry) to the stored patterns of ``flat[index]``, in place.
+def write_masked(flat: torch.Tensor, encoding: Encoding, index: torch.Tensor,
+                 masks: torch.Tensor | Sequence[tuple[str, torch.Tensor]], mode: str = "flip") -> Written:
+    """Apply bit masks to the stored patterns of ``flat[index]``, in place.
 
     ``flat`` is a flattened quantized tensor (a view: the tensor it views changes too), ``index`` distinct flat
-    positions; ``mode`` is ``flip``, ``stuck0`` or ``stuck1``. Costs O(len(index)).
+    positions; ``masks`` is one int64 bit mask per entry, applied as ``mode`` (``flip``, ``stuck0`` or
+    ``stuck1``), or a list of ``(mode, mask)`` pairs applied in order. Costs O(len(index)).
     """
+    steps = [(mode, masks)] if isinstance(masks, torch.Tensor) else list(masks)
     index = index.to(flat.device)
-    mask = mask.to(flat.device)
     old = flat[index]
     patterns = encoding.encode(old, index)
-    new = apply_mask(patterns, mask, encoding.bits, signed=False, mode=mode)
+    new = patterns
+    for how, mask in steps:
+        new = apply_mask(new, mask.to(flat.device), encoding.bits, signed=False, mode=how)
     flat[index] = encoding.decode(new, index, dtype=flat.dtype)
     return Written(index, old, patterns, new)

@@ -14,14 +14,19 @@ both:
 Patterns come from ``qfi_cli.faults.sampler``: trial ``t``'s pattern depends only on (seed, t, layer, draw) and
 the rate, and is nested across rates; ``step(k)`` gives training step ``k`` its own pattern (reproducible from
 (seed, k)), the same for every forward inside it (both passes of a SAM step). The bits of an entry are its stored
-pattern as its ``Encoding`` says (two's-complement or unsigned integer codes, or IEEE float bits).
+pattern as its ``Encoding`` says (two's-complement or unsigned integer codes, or IEEE float bits). ``fault=replay``
+and ``fault=profile`` take their faulty bits from a file instead (``qfi_cli.faults.replay``, ``.profile``).
+
+Protection (``fault.protect``): protected weight bits never fail and are not exposed. At a rate, the pattern is
+drawn as without protection and the protected bits are then left out, so runs that differ only in protection meet
+the same faults elsewhere (paired); with ``fault.count`` the count is drawn among the unprotected bits.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +35,7 @@ from torch import nn
 from qfi_cli.errors import QfiError
 from qfi_cli.faults.bits import n_exposed_bits, positions_to_masks
 from qfi_cli.faults.flips import write_masked
-from qfi_cli.faults.models import FaultConfig
+from qfi_cli.faults.models import FaultConfig, ProtectRule
 from qfi_cli.faults.sampler import NestedBitSampler, sample_fixed_count, stream_key
 from qfi_cli.quant.encoding import Encoding
 from qfi_cli.quant.layers import QuantizedLayerMixin, quantized_layers
@@ -39,6 +44,8 @@ _POPCOUNT8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.i
 _POPCOUNT8_ON: dict[torch.device, torch.Tensor] = {}
 ACT = ":act"  # suffix of an activation stream's layer key
 TRAIN = "@train"  # suffix of a training step's layer key (keeps training patterns apart from evaluation trials)
+Masks = list[tuple[str, torch.Tensor]]  # (mode, mask) pairs, each mask aligned with one code index tensor
+Recorder = Callable[[str, torch.Tensor, Masks, int], None]  # (layer key, code index, masks, bits)
 
 
 def popcount(u: torch.Tensor, bits: int) -> int:
@@ -54,6 +61,29 @@ def popcount(u: torch.Tensor, bits: int) -> int:
     for shift in range(8, bits, 8):
         total += table[(u >> shift) & 255].sum()
     return int(total)
+
+
+def merge_faults(parts: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, Masks]:
+    """Faults given per mode as ``(mode, code index, mask)`` on one code index: ``(index, [(mode, mask)])`` with
+    every mask aligned to ``index`` (sorted, distinct; 0 where a mode has no fault).
+
+    >>> index, masks = merge_faults([("flip", torch.tensor([1, 4]), torch.tensor([1, 2])),
+    ...                              ("stuck1", torch.tensor([4, 6]), torch.tensor([8, 8]))])
+    >>> index.tolist(), [(m, v.tolist()) for m, v in masks]
+    ([1, 4, 6], [('flip', [1, 2, 0]), ('stuck1', [0, 8, 8])])
+    """
+    parts = [p for p in parts if p[1].numel()]
+    if not parts:
+        return torch.zeros(0, dtype=torch.int64), []
+    if len(parts) == 1:
+        return parts[0][1], [(parts[0][0], parts[0][2])]
+    index = torch.unique(torch.cat([p[1] for p in parts]))
+    masks = []
+    for mode, idx, mask in parts:
+        aligned = torch.zeros_like(index)
+        aligned[torch.searchsorted(index, idx)] = mask
+        masks.append((mode, aligned))
+    return index, masks
 
 
 def _straight_through(x_q: torch.Tensor, x_f: torch.Tensor) -> torch.Tensor:
@@ -91,11 +121,26 @@ class FaultInjector:
         self._counted: dict[tuple, dict[str, np.ndarray]] = {}
         self._count_samplers: dict[tuple, dict[str, NestedBitSampler]] = {}
         self.flips: dict[str, int] = {}
+        self.recorder: Recorder | None = None  # called with every trial's faulty entries (``--save-faults``)
         everything = quantized_layers(model)
         self.layers = [(n, m) for n, m in everything if self._selected(n)]
         if self.config.layers is not None and not self.layers:
             names = ", ".join(n for n, _ in everything)
             raise QfiError(f"fault.layers {self.config.layers} match no quantized layer; layers are: {names}")
+        for rule in self.config.protect:
+            if rule.layers is not None and not any(_matches(n, rule.layers) for n, _ in everything):
+                names = ", ".join(n for n, _ in everything)
+                raise QfiError(f"fault.protect layers {rule.layers} match no quantized layer; layers are: {names}")
+        self._allowed_cache: dict[tuple[str, int], int] = {}
+        self.source = None  # the file a replay / profile model reads its faults from
+        if self.config.fault_model.source == "replay":
+            from qfi_cli.faults.replay import read_fault_file
+
+            self.source = read_fault_file(self.config.file).bind(everything)
+        elif self.config.fault_model.source == "profile":
+            from qfi_cli.faults.profile import read_profile
+
+            self.source = read_profile(self.config.file).bind(everything, self.config.file)
         self._hook = None
         self.attached = False
         self.attach()
@@ -105,8 +150,7 @@ class FaultInjector:
         return self.config.enable_in_training
 
     def _selected(self, name: str) -> bool:
-        pats = self.config.layers
-        return pats is None or any(fnmatch.fnmatchcase(name, p) for p in pats)
+        return self.config.layers is None or _matches(name, self.config.layers)
 
     @property
     def _targets_weights(self) -> bool:
@@ -242,12 +286,29 @@ class FaultInjector:
 
     # -- sampling ---------------------------------------------------------------------------------------------
     def _bit_positions(self, bits: int) -> list[int] | None:
-        if self.config.bits is None:
-            return None
-        pos = sorted({b if b >= 0 else bits + b for b in self.config.bits})
-        if pos[0] < 0 or pos[-1] >= bits:
-            raise QfiError(f"fault.bits {self.config.bits} do not fit {bits}-bit codes (0..{bits - 1}, or -1 = MSB)")
-        return pos
+        """The bit positions ``fault.bits`` selects in ``bits``-wide codes (None: all)."""
+        return resolve_bits(self.config.bits, bits, "fault.bits")
+
+    def allowed_mask(self, name: str, bits: int) -> int:
+        """The bits of layer ``name``'s ``bits``-wide weight codes that may fail, as a mask: those ``fault.bits``
+        selects, less those ``fault.protect`` protects."""
+        key = (name, bits)
+        if key not in self._allowed_cache:
+            chosen = self._bit_positions(bits)
+            mask = (1 << bits) - 1 if chosen is None else sum(1 << b for b in chosen)
+            for rule in self.config.protect:
+                if rule.layers is None or _matches(name, rule.layers):
+                    protected = resolve_bits(rule.bits, bits, "fault.protect bits")
+                    mask &= 0 if protected is None else ~sum(1 << b for b in protected)
+            self._allowed_cache[key] = mask
+        return self._allowed_cache[key]
+
+    def _enumerated(self, name: str, bits: int, is_activation: bool) -> list[int] | None:
+        """The bit positions a sampler enumerates: ``fault.bits``; for a count, without the protected ones."""
+        if is_activation or not self.config.fault_model.counted or not self.config.protect:
+            return self._bit_positions(bits)
+        allowed = self.allowed_mask(name, bits)
+        return None if allowed == (1 << bits) - 1 else [b for b in range(bits) if allowed >> b & 1]
 
     def _stream(self, name: str, is_activation: bool) -> tuple[int, str, int]:
         """(trial or step, layer key, draw) of the stream that a layer's faults come from now."""
@@ -270,7 +331,8 @@ class FaultInjector:
     def _counted_positions(self, trial: int, draw: int) -> dict[str, np.ndarray]:
         """``count`` faulty bits over all selected layers' weights together (nested across counts)."""
         if (trial, draw, self.count) not in self._counted:
-            sizes = {n: n_exposed_bits(m.weight.numel(), m.wbits, self._bit_positions(m.wbits)) for n, m in self.layers}
+            sizes = {n: _n_exposed(m.weight.numel(), m.wbits, self._enumerated(n, m.wbits, False))
+                     for n, m in self.layers}
             total = sum(sizes.values())
             if self.count > total:
                 raise QfiError(f"fault.count={self.count} exceeds the {total} exposed weight bits")
@@ -280,32 +342,92 @@ class FaultInjector:
                 sizes, self.count, lambda n: stream_key(self.seed, trial, n + suffix, draw), cache)
         return self._counted[(trial, draw, self.count)]
 
+    def _faults(self, name: str, n_codes: int, bits: int, is_activation: bool) -> tuple[torch.Tensor, Masks]:
+        """This layer's faulty entries now: ``(code index, [(mode, mask)])``, protected bits left out."""
+        if self.source is not None:
+            parts = self.source.faults(name, self, *self._stream(name, is_activation))
+        else:
+            chosen = self._enumerated(name, bits, is_activation)
+            n_bits = _n_exposed(n_codes, bits, chosen)
+            if n_bits == 0:
+                return torch.zeros(0, dtype=torch.int64), []
+            index, mask = positions_to_masks(np.asarray(self._positions(name, n_bits, is_activation)), bits, chosen)
+            parts = [(self.config.fault_model.mode, index, mask)]
+        index, masks = merge_faults(parts)
+        allowed = (1 << bits) - 1 if is_activation else self.allowed_mask(name, bits)
+        if masks and allowed != (1 << bits) - 1:  # leave out what fault.bits / fault.protect exclude
+            masks = [(mode, mask & allowed) for mode, mask in masks]
+            keep = torch.stack([mask for _, mask in masks]).ne(0).any(0)
+            if not bool(keep.all()):
+                index, masks = index[keep], [(mode, mask[keep]) for mode, mask in masks]
+        return index, masks
+
     def _fault_entries(self, name: str, flat: torch.Tensor, encoding: Encoding, bits: int,
                        is_activation: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Overwrite the faulty entries of the flattened tensor ``flat`` in place with their faulty values.
 
         Returns ``(index, old values)`` of the entries it overwrote (what undoes it) and counts the changed bits.
         """
-        bit_positions = self._bit_positions(bits)
-        pos = self._positions(name, n_exposed_bits(flat.numel(), bits, bit_positions), is_activation)
+        index, masks = self._faults(name, flat.numel(), bits, is_activation)
         key = name + (ACT if is_activation else "")
-        if len(pos) == 0:
+        if self.recorder is not None and not is_activation:
+            self.recorder(name, index, masks, bits)
+        if index.numel() == 0:
             self.flips.setdefault(key, 0)
             return flat.new_empty(0, dtype=torch.long), flat.new_empty(0)
-        index, mask = positions_to_masks(np.asarray(pos), bits, bit_positions)
-        w = write_masked(flat, encoding, index, mask, self.config.fault_model.mode)
+        w = write_masked(flat, encoding, index, masks)  # flips first, then stuck-at bits
         # a flipped bit always changes; a stuck bit only where it held the other value
-        changed = (popcount(mask.to(flat.device), bits) if self.config.fault_model.mode == "flip"
-                   else popcount(w.patterns ^ w.new, bits))
-        self.flips[key] = self.flips.get(key, 0) + changed
+        self.flips[key] = self.flips.get(key, 0) + popcount(w.patterns ^ w.new, bits)
         return w.index, w.old
 
     def exposed_weight_bits(self) -> int:
-        """Number of stored weight bits this injector can corrupt (selected layers and bit positions)."""
+        """Number of stored weight bits this injector can corrupt (selected layers and bit positions, less the
+        protected ones)."""
         if not self._targets_weights:
             return 0
-        return sum(n_exposed_bits(m.weight.numel(), m.wbits, self._bit_positions(m.wbits)) for _, m in self.layers)
+        return sum(m.weight.numel() * bin(self.allowed_mask(n, m.wbits)).count("1") for n, m in self.layers)
 
     def flips_total(self, activations: bool = False) -> int:
         """Bits changed since ``set_trial`` / ``trial`` / ``step`` (weights only unless ``activations``)."""
         return sum(v for k, v in self.flips.items() if activations or not k.endswith(ACT))
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def resolve_bits(positions: list[int] | None, bits: int, what: str = "fault.bits") -> list[int] | None:
+    """Bit positions (negative from the MSB) as sorted positions in ``[0, bits)``; None stays None (all bits).
+
+    >>> resolve_bits([-1, 0, 7], 8)
+    [0, 7]
+    """
+    if positions is None:
+        return None
+    pos = sorted({b if b >= 0 else bits + b for b in positions})
+    if pos[0] < 0 or pos[-1] >= bits:
+        raise QfiError(f"{what} {positions} do not fit {bits}-bit codes (0..{bits - 1}, or -1 = MSB)")
+    return pos
+
+
+def _n_exposed(n_codes: int, bits: int, chosen: list[int] | None) -> int:
+    """``n_exposed_bits`` that allows an empty selection (every bit of the layer protected: 0)."""
+    return 0 if chosen == [] else n_exposed_bits(n_codes, bits, chosen)
+
+
+def protect_cells(cells: Sequence[tuple[str, int | None]]) -> list[ProtectRule]:
+    """Protection rules for exact layer names (``bit`` None: the whole layer), names escaped for fnmatch.
+
+    >>> protect_cells([("conv1", 7), ("fc[0]", None)])
+    [ProtectRule(layers=['conv1'], bits=[7]), ProtectRule(layers=['fc[[]0]'], bits=None)]
+    """
+    return [ProtectRule(layers=[exact(name)], bits=None if bit is None else [bit]).validated() for name, bit in cells]
+
+
+def exact(name: str) -> str:
+    """An fnmatch pattern that matches exactly ``name``.
+
+    >>> exact("layer1.0.conv1"), exact("a*[b]")
+    ('layer1.0.conv1', 'a[*][[]b]')
+    """
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from qfi_cli.quant.layers import QuanConv2d, QuanLinear, quantized_layers
-from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
+from qfi_cli.quant.quantizers import QUANTIZERS, VALID_BITS, check_bits
 
 
 def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abits: int = 8,
@@ -14,14 +14,19 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
     """Replace every Conv2d and Linear of ``model`` (in place) by its quantized twin; returns the model.
 
     The first and last of those layers use ``max(bits, first_last_bits)`` (at least 8 bits by default, the
-    usual policy); ``first_last_bits=None`` gives them the same bit widths as the others.
+    usual policy); ``first_last_bits=None`` gives them the same bit widths as the others. Float storage
+    (``quantizer="fp16"``, ``"bf16"``, ``"fp32"``) takes the format's width (or 32, the fp32 pass-through).
 
     >>> m = quantize_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2)), wbits=4)
     >>> [layer.wbits for _, layer in quantized_layers(m)]
     [8, 4, 8]
+    >>> m = quantize_model(nn.Sequential(nn.Linear(4, 2)), "fp16", wbits=16, abits=16)
+    >>> [(layer.wbits, layer.quantize_weight_clean()[1].float_format) for _, layer in quantized_layers(m)]
+    [(16, 'fp16')]
     """
-    wbits, abits = check_bits(wbits, "weight bit width"), check_bits(abits, "activation bit width")
     kind = QUANTIZERS.get(quantizer)
+    valid = getattr(kind, "VALID_BITS", VALID_BITS)
+    wbits, abits = check_bits(wbits, "weight bit width", valid), check_bits(abits, "activation bit width", valid)
     names = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     for i, name in enumerate(names):
         edge = first_last_bits is not None and i in (0, len(names) - 1)

@@ -5,7 +5,8 @@ unsigned codes).
 ``(codes - zero_point) * scale`` with straight-through gradients, and the ``Encoding`` record saying how it is
 stored (scale, zero point, signedness, bits; see ``qfi_cli.quant.encoding``). Calling ``q(x, bits)`` returns the
 value alone. Signed codes live in k-bit two's complement ``[-2**(k-1), 2**(k-1) - 1]``, unsigned ones in
-``[0, 2**k - 1]``. ``bits >= 32`` is a float pass-through, stored as fp32.
+``[0, 2**k - 1]``. ``bits >= 32`` is a float pass-through, stored as fp32. ``fp16`` / ``bf16`` / ``fp32`` store
+values as IEEE floats of that format (no integer codes): the value is rounded to the format.
 
 A new quantizer is one class: subclass ``Quantizer``, implement ``quantize`` and register it with
 ``@QUANTIZERS.register(name)``.
@@ -20,21 +21,22 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.quant.encoding import FP32, Encoding, Quantized
+from qfi_cli.quant.encoding import FLOAT_FORMATS, FP32, Encoding, Quantized, float_encoding
 from qfi_cli.registry import Registry
 
 QUANTIZERS: Registry[type["Quantizer"]] = Registry("quantizer")
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 
 
-def check_bits(bits: int, what: str = "bit width") -> int:
-    """Return ``bits`` if it is 2..8 or 32, else raise a one-line QfiError.
+def check_bits(bits: int, what: str = "bit width", valid: tuple[int, ...] = VALID_BITS) -> int:
+    """Return ``bits`` if it is one of ``valid`` (2..8 or 32 by default), else raise a one-line QfiError.
 
-    >>> check_bits(4)
-    4
+    >>> check_bits(4), check_bits(16, valid=(16, 32))
+    (4, 16)
     """
-    if int(bits) != bits or int(bits) not in VALID_BITS:
-        raise QfiError(f"{what} must be 2..8 or 32 (float pass-through), got {bits}")
+    if bits is None or int(bits) != bits or int(bits) not in valid:
+        allowed = "2..8 or 32 (float pass-through)" if valid == VALID_BITS else " or ".join(map(str, valid))
+        raise QfiError(f"{what} must be {allowed}, got {bits}")
     return int(bits)
 
 
@@ -134,7 +136,12 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 class Quantizer(nn.Module):
-    """Base class: ``quantize(x, bits, is_activation)`` returns ``Quantized``; calling the module returns the value."""
+    """Base class: ``quantize(x, bits, is_activation)`` returns ``Quantized``; calling the module returns the value.
+
+    ``VALID_BITS``: the bit widths it stores (``quantize_model`` checks them).
+    """
+
+    VALID_BITS: tuple[int, ...] = VALID_BITS
 
     def __init__(self, per_channel: bool = False) -> None:
         super().__init__()
@@ -288,3 +295,40 @@ class RQuantizer(Quantizer):
             zero_point = int(torch.round(-lo / scale).clamp(0, top).reshape(-1)[0])
         return Quantized(fake_quantize(x, scale, -zero_point, top - zero_point),
                          self._encoding(x, bits, scale, signed=False, zero_point=zero_point))
+
+
+class FloatQuantizer(Quantizer):
+    """Storage as IEEE floats of ``FORMAT`` (sign, exponent, mantissa bits): the value is ``x`` rounded to the
+    format (round to nearest even, straight-through gradient), the encoding ``float_encoding(FORMAT)``, so bit
+    errors act on the float's own bits. ``bits`` must be the format's width (16 for fp16 / bf16); 32 is the fp32
+    pass-through, as for every quantizer. Registered as ``fp16``, ``bf16`` and ``fp32`` (``quant=float
+    quant.format=...`` picks one of them).
+
+    >>> q = QUANTIZERS.get("bf16")()
+    >>> value, enc = q.quantize(torch.tensor([1.0, 1.0 + 2**-9, 3.14159]), 16)
+    >>> value.tolist(), enc.float_format, enc.bits
+    ([1.0, 1.0, 3.140625], 'bf16', 16)
+    """
+
+    FORMAT = "fp32"
+
+    def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
+        if bits >= 32:
+            return Quantized(x, FP32)
+        storage, _, width = FLOAT_FORMATS[self.FORMAT]
+        if bits != width:
+            raise QfiError(f"{self.FORMAT} stores {width}-bit values, not {bits}-bit ones")
+        rounded = x.detach().to(storage).to(x.dtype)
+        value = x + (rounded - x).detach() if x.requires_grad else rounded
+        return Quantized(value, float_encoding(self.FORMAT))
+
+
+def _float_quantizer(fmt: str) -> type[FloatQuantizer]:
+    width = FLOAT_FORMATS[fmt][2]
+    cls = type(f"{fmt.upper()}Quantizer", (FloatQuantizer,),
+               {"FORMAT": fmt, "VALID_BITS": tuple(sorted({width, 32})), "__module__": __name__,
+                "__doc__": f"IEEE {fmt} storage (see FloatQuantizer)."})
+    return QUANTIZERS.register(fmt)(cls)
+
+
+FP16Quantizer, BF16Quantizer, FP32Quantizer = (_float_quantizer(f) for f in ("fp16", "bf16", "fp32"))

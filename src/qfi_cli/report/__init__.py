@@ -46,6 +46,7 @@ from qfi_cli.layout import ATTACK
 from qfi_cli.report.attack import collect_attacks, render_attacks, write_attacks
 from qfi_cli.report.collect import (COLUMNS, RESULTS, collect, config_label, factors, pending_points,
                                     swept_keys)
+from qfi_cli.progress import wide_console
 from qfi_cli.report.console import render_failures, render_paired, render_table
 from qfi_cli.report.plots import (BER_CURVE, RERR_CURVE, ber_figure, curve_figure, plot_ber_curve,
                                   plot_rerr_curve, rerr_figure)
@@ -71,7 +72,7 @@ def aggregate(sweep_dir: str | Path, console: Console | None = None) -> list[dic
     results.json or attack.json (not run, interrupted) are ``pending_points(sweep_dir)``. Raises QfiError (one
     line) when ``sweep_dir`` is missing or holds neither.
     """
-    console = console or Console()
+    console = console or wide_console()
     root = Path(sweep_dir)
     attacks = collect_attacks(root)
     try:

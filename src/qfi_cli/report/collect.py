@@ -153,8 +153,9 @@ def pending_points(sweep_dir: str | Path) -> list[str]:
     """Point directories without a results.json (or attack.json): not run yet or interrupted (relative paths,
     sorted).
 
-    A point directory is one Hydra made (it holds ``.hydra/``) or an empty one; directories with other content
-    and no results.json (``models/<digest>/`` with its checkpoint) are not points.
+    A point directory is one Hydra made (it holds ``.hydra/``) or an empty one; a point that evaluates several
+    rates keeps them in subdirectories (``fault.ber=<p>/results.json``) and counts as pending only when none has
+    finished; directories with other content and no results.json (``models/<digest>/``) are not points.
     """
     root = Path(sweep_dir)
     pending = []
@@ -166,7 +167,7 @@ def pending_points(sweep_dir: str | Path) -> list[str]:
             continue
         hydra_made = (here / ".hydra").is_dir()
         empty = not filenames and not any(os.scandir(here))
-        if here != root and (hydra_made or empty):
+        if here != root and (empty or (hydra_made and not any(here.rglob(RESULTS)))):
             pending.append(here.relative_to(root).as_posix())
     return pending
 

@@ -11,7 +11,9 @@ from rich.table import Table
 
 from qfi_cli.report.study import Estimate, Pair, Study, build_study
 from qfi_cli.report.tables import MARK, PAIRED, interval
+from qfi_cli.progress import wide_console
 from qfi_cli.stats import describe_ci
+
 
 
 def _ber(value: Any) -> str:
@@ -27,7 +29,7 @@ def render_table(rows: list[dict[str, Any]], console: Console | None = None, stu
     """Print the study as a Rich table, one line per configuration and p (training seeds aggregated): seeds,
     clean accuracy, accuracy and RErr in % with their 95% CI; then the points that are not ok, with their error.
     """
-    console = console or Console()
+    console = console or wide_console()
     study = build_study(rows) if study is None else study
     trials = sorted({t for cell in study.cells.values() for t in cell.trials})
     title = "Accuracy and RErr under bit errors, mean over training seeds"
@@ -82,7 +84,7 @@ def render_paired(pairs: list[Pair], console: Console | None = None, everything:
     Unless ``everything``, only the differences from each factor's first level are printed (for ``recipe``:
     from ``normal``); paired.csv holds them all.
     """
-    console = console or Console()
+    console = console or wide_console()
     tables, left = [], 0
     by_factor: dict[str, list[Pair]] = {}
     for p in pairs:
