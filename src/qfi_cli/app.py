@@ -2,12 +2,13 @@
 
 ``qfi_cli.cli`` calls ``run(overrides)``; sweeps (``--multirun``) reach the same task function through Hydra's
 launchers (basic, joblib, submitit), which pickle it: it stays at module level. Commands are registered by name in
-``COMMANDS`` (``train``, ``inject_eval``); each gets a ``Job`` and owns its output files; this module stamps sweep
-bookkeeping (``point``, ``status``) on what the engine returns.
+``COMMANDS`` (``train``, ``inject_eval``, ``sensitivity``, ``attack``); each gets a ``Job`` and owns its output
+files; this module stamps sweep bookkeeping (``point``, ``status``) on what the engine returns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -29,7 +30,7 @@ from qfi_cli.engine.train import train
 from qfi_cli.errors import QfiError, first_line
 from qfi_cli.io import latest_checkpoint, load_checkpoint, read_json, record_latest, write_json
 from qfi_cli.layout import LAST as LAST_CHECKPOINT
-from qfi_cli.layout import MODEL, MODELS_DIR, RESULTS, TRAIN_CONFIG
+from qfi_cli.layout import ATTACK, ATTACK_CURVE, MODEL, MODELS_DIR, RESULTS, TRAIN_CONFIG
 from qfi_cli.loggers import log_run
 from qfi_cli.paths import conf_dir
 from qfi_cli.progress import Reporter
@@ -327,6 +328,50 @@ def _sensitivity_command(job: Job) -> Any:
 COMMANDS.register("sensitivity")(_sensitivity_command)
 
 
+# ------------------------------------------------------------------------------------------------------- attack
+
+def _attack_finished(path: Path, job: Job, cfg: RunConfig) -> dict[str, Any] | None:
+    """A point's earlier attack.json when it is complete and was made with the same attack settings."""
+    try:
+        done = read_json(path)
+    except (OSError, ValueError):
+        return None
+    same = (isinstance(done, dict) and done.get("status") == "ok" and done.get("point") == job.point
+            and done.get("attack") == dataclasses.asdict(cfg.attack) and done.get("fault_seed") == cfg.eval.fault_seed
+            and done.get("limit") == cfg.eval.limit and isinstance(done.get("flips"), list)
+            and len(done["flips"]) == done.get("flips_committed"))
+    return done if same else None
+
+
+def _attack_command(job: Job) -> dict[str, Any] | None:
+    from qfi_cli.engine.attack import attack
+    from qfi_cli.report.attack import plot_attack_curve
+
+    cfg, path = job.cfg, job.out_dir / ATTACK
+    if job.multirun and (done := _attack_finished(path, job, cfg)) is not None:
+        job.reporter.log(f"skip finished attack {job.out_dir.name}")
+        return done
+    try:
+        checkpoint = (_sweep_model(cfg, job.sweep_dir, job.reporter) if job.multirun and cfg.sweep_train
+                      else _checkpoint(cfg))
+        result = attack(cfg, checkpoint, job.reporter, {} if job.multirun and cfg.sweep_train else _expected(job))
+    except Exception as e:
+        if job.multirun:
+            _write_failure(job.out_dir, e, job.point, job.reporter, ATTACK)
+            return None
+        raise
+    result.update(status="ok", point=dict(job.point))
+    write_json(path, result)
+    plot_attack_curve(result, job.out_dir / ATTACK_CURVE)
+    history = [{"epoch": f["flip"], "loss": f["loss"], "accuracy": f["accuracy"]} for f in result["flips"]]
+    log_run(cfg.logger, job.out_dir, cfg.paths.root, {**cfg.as_dict(), "point": result["point"]}, result,
+            [path, job.out_dir / ATTACK_CURVE], history=history)
+    return result
+
+
+COMMANDS.register("attack")(_attack_command)
+
+
 # ---------------------------------------------------------------------------------------------------------- task
 
 def _snapshot(job: Job, cfg: RunConfig) -> None:
@@ -340,12 +385,13 @@ def _snapshot(job: Job, cfg: RunConfig) -> None:
     atomic_write(hydra_dir / "overrides.yaml", lambda f: f.write(OmegaConf.to_yaml(overrides)), mode="w")
 
 
-def _write_failure(directory: Path, error: BaseException, point: dict[str, Any], reporter: Reporter) -> None:
+def _write_failure(directory: Path, error: BaseException, point: dict[str, Any], reporter: Reporter,
+                   name: str = RESULTS) -> None:
     message = first_line(error)
     if not isinstance(error, QfiError):
         message = f"{type(error).__name__}: {message}"
         traceback.print_exc()
-    write_json(directory / RESULTS, {"status": "failed", "error": message, "point": point})
+    write_json(directory / name, {"status": "failed", "error": message, "point": point})
     reporter.log(f"point {directory.name} failed: {message}")
 
 

@@ -49,7 +49,7 @@ def _default(group_file: str, key: str) -> str:
 
     from qfi_cli.paths import conf_dir
 
-    value = OmegaConf.load(conf_dir() / f"{group_file}.yaml").get(key)
+    value = OmegaConf.select(OmegaConf.load(conf_dir() / f"{group_file}.yaml"), key)
     return str(value)
 
 
@@ -58,6 +58,8 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides,
                                                            show_default=False)]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory.",
                                              show_default="outputs/<command>/<time>")]
+Checkpoint = Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
+                                                    show_default="the latest from `qfi train`")]
 
 
 def _version(value: bool) -> None:
@@ -146,7 +148,7 @@ def train(
     dataset: Annotated[Optional[str], typer.Option(help="Data set: digits, mnist, fashion_mnist, cifar10, "
                                                         "cifar100.", show_default="digits")] = None,
     recipe: Annotated[Optional[str], typer.Option(help="Training recipe (conf/recipe): normal, rquant, clipping, "
-                                                       "randbet, sam, sam_clipping, sam_randbet.",
+                                                       "randbet, advbet, sam, sam_clipping, sam_randbet, sam_advbet.",
                                                   show_default="none: the settings below")] = None,
     wbits: Annotated[Optional[int], typer.Option(help="Weight bits: 2..8, or 32 (float).",
                                                  show_default=_default("quant/lsq", "wbits"))] = None,
@@ -201,8 +203,7 @@ def _bers(text: str | None) -> list[float] | None:
 
 @app.command("inject-eval", context_settings=EXTRA, rich_help_panel="Jobs")
 def inject_eval(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
-                                                       show_default="the latest from `qfi train`")] = None,
+    checkpoint: Checkpoint = None,
     ber: Annotated[Optional[str], typer.Option(help="Bit error rate: each weight bit flips with this "
                                                     "probability.",
                                                show_default=_default("fault/bitflip", "ber"))] = None,
@@ -311,9 +312,54 @@ def sensitivity(
 
 
 @app.command(context_settings=EXTRA, rich_help_panel="Jobs")
+def attack(
+    checkpoint: Checkpoint = None,
+    flips: Annotated[Optional[int], typer.Option(help="Most bit flips to commit (the paper's iterations); the "
+                                                      "search stops earlier at the target accuracy.",
+                                                 show_default=_default("config", "attack.flips"))] = None,
+    target_accuracy: Annotated[Optional[str], typer.Option("--target-accuracy", help="Stop at or below this test "
+                                                                                      "accuracy (0..1).",
+                                                           show_default="chance + 1 point")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Which training samples form the attack batch "
+                                                     "(attack.seed).", show_default="0")] = None,
+    out: Out = None,
+    overrides: Overrides = None,
+) -> None:
+    """Worst-case bit flips: progressive bit search (Rakin et al., ICCV 2019) on the stored weight codes, beside
+    as many random flips; writes attack.json and attack_curve.png.
+
+    The attack batch (attack.batch samples) comes from the TRAINING split; accuracy is measured on the TEST split.
+    Knobs: attack.k_top, attack.batch, attack.random_trials. Example: [bold]qfi attack --flips 50 attack.k_top=20[/]
+    """
+    ov = ["command=attack"]
+    _opt(ov, "checkpoint", checkpoint.resolve() if checkpoint else None)
+    _opt(ov, "attack.flips", flips)
+    _opt(ov, "attack.target_accuracy", _float_text("--target-accuracy", target_accuracy))
+    _opt(ov, "attack.seed", seed)
+    _opt(ov, "hydra.run.dir", out)
+    last = _run("attack", ov, overrides, out)
+    res = last["result"]
+    if not res:
+        return
+    at_final = res.get("random_at_final") or {}
+    ci = at_final.get("accuracy_ci95")
+    n, spf = res["flips_committed"], res["seconds_per_flip"]
+    _table("qfi attack", {
+        "clean accuracy": res["clean_accuracy"], "target accuracy": res["target_accuracy"],
+        "flips to target": "not reached" if res["flips_to_target"] is None else res["flips_to_target"],
+        f"accuracy after {n} flips": res["final_accuracy"],
+        f"random {n} flips (mean [95% CI], {res['random']['trials']} trials)":
+            "-" if not at_final else f"{at_final['accuracy_mean']:.4f}"
+                                     + ("" if ci is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]"),
+        "seconds per flip": "-" if spf is None else f"{spf:.3f}", "seconds": res["seconds"]})
+    console.print(f"attack batch: {res['attack_samples']} samples of the training split (attack.seed="
+                  f"{res['attack']['seed']}); accuracy: {res['samples']} samples of the test split. Wrote attack.json "
+                  f"and attack_curve.png in {last['out_dir']}", highlight=False, soft_wrap=True)
+
+
+@app.command(context_settings=EXTRA, rich_help_panel="Jobs")
 def sweep(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
-                                                       show_default="the latest from `qfi train`")] = None,
+    checkpoint: Checkpoint = None,
     bers: Annotated[Optional[str], typer.Option(help="Comma-separated bit error rates, e.g. 1e-5,1e-4,1e-3: "
                                                      "evaluated in one job per model.",
                                                 show_default=False)] = None,
@@ -334,7 +380,8 @@ def sweep(
     """Sweep inject-eval over a grid (Hydra multirun); writes summary.csv, ber_curve.png and the study table.
 
     Any override can be swept too: [bold]qfi sweep --bers 1e-4,1e-3 --train quant.wbits=4,8 sam.rho=0,0.05[/].
-    Running it again into the same --out skips finished points.
+    [bold]command=attack[/] attacks every model of the grid instead (attack.json per point, flips to target in the
+    table). Running it again into the same --out skips finished points.
     """
     if launcher not in LAUNCHERS:
         _fail(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")

@@ -114,22 +114,29 @@ class SamConfig:
 @dataclass
 class BetConfig:
     """``train.bet``: bit error training. ``mode`` none | random (RandBET, Stutz et al.): each step adds the loss
-    under a fresh random pattern at rate ``ber`` to the clean loss, once the clean loss is below ``start_loss``."""
+    under a fresh random pattern at rate ``ber`` to the clean loss, once the clean loss is below ``start_loss``;
+    adversarial (AdvBET-style): the loss under ``adv_flips`` bit flips found on the step's batch by ``adv_steps``
+    rounds of first-order bit search (``qfi_cli.faults.search.adversarial_flips``)."""
 
     mode: str = "none"
     ber: float = 0.01
     start_loss: float = 1.75
     weight: float = 1.0
+    adv_flips: int = 10
+    adv_steps: int = 1
 
     def validated(self) -> "BetConfig":
         require(self.mode in BET_MODES, f"train.bet.mode must be one of {', '.join(BET_MODES)}, got {self.mode!r}")
         require(0 <= self.ber <= 1, f"train.bet.ber must lie in [0, 1], got {self.ber}")
         require(self.start_loss >= 0, f"train.bet.start_loss must be >= 0, got {self.start_loss}")
         require(self.weight >= 0, f"train.bet.weight must be >= 0, got {self.weight}")
+        require(self.adv_flips >= 1, f"train.bet.adv_flips must be >= 1, got {self.adv_flips}")
+        require(1 <= self.adv_steps <= self.adv_flips,
+                f"train.bet.adv_steps must lie in 1..train.bet.adv_flips ({self.adv_flips}), got {self.adv_steps}")
         return self
 
 
-BET_MODES = ("none", "random")
+BET_MODES = ("none", "random", "adversarial")
 SCHEDULES = ("cosine", "step", "none")
 
 
@@ -195,6 +202,33 @@ class EvalConfig:
 
 
 @dataclass
+class AttackConfig:
+    """``attack``: the progressive bit search (Rakin et al., ICCV 2019). ``flips``: most flips committed (the
+    paper's iterations); ``k_top``: candidate bits per layer whose true loss is evaluated each iteration;
+    ``batch``: attack batch size, drawn from the training split; ``target_accuracy``: stop at or below this test
+    accuracy (null: chance + 1 point); ``random_trials``: trials of the random baseline (``fault=count`` at the
+    same flip counts); ``seed``: which training samples form the attack batch."""
+
+    flips: int = 100
+    k_top: int = 5
+    batch: int = 128
+    target_accuracy: Optional[float] = None
+    random_trials: int = 10
+    seed: int = 0
+
+    def validated(self) -> "AttackConfig":
+        require(self.flips >= 1, f"attack.flips must be >= 1, got {self.flips}")
+        require(self.k_top >= 1, f"attack.k_top must be >= 1, got {self.k_top}")
+        require(self.batch >= 1, f"attack.batch must be >= 1, got {self.batch}")
+        require(self.target_accuracy is None or 0 <= self.target_accuracy <= 1,
+                f"attack.target_accuracy must lie in [0, 1] or be null (chance + 1 point), got "
+                f"{self.target_accuracy}")
+        require(self.random_trials >= 1, f"attack.random_trials must be >= 1, got {self.random_trials}")
+        check_seed("attack.seed", self.seed)
+        return self
+
+
+@dataclass
 class DataConfig:
     """``data``: the data set's name and the local root its files are read from (``~`` expands); or the user's own
     callable, ``data._target_`` (``target``): its other keys are the callable's arguments, ``name`` its label.
@@ -252,7 +286,7 @@ class SensitivityConfig:
 
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-COMMANDS = ("train", "inject_eval", "sensitivity")
+COMMANDS = ("train", "inject_eval", "sensitivity", "attack")
 
 
 @dataclass
@@ -276,6 +310,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     logger: dict = field(default_factory=lambda: {"name": "csv"})
 
@@ -287,7 +322,7 @@ class RunConfig:
         return section(cls, {k: v for k, v in data.items() if k != "hydra"}, "")
 
     def validated(self) -> "RunConfig":
-        require(self.command in COMMANDS, f"unknown command {self.command!r}: use {' or '.join(COMMANDS)}")
+        require(self.command in COMMANDS, f"unknown command {self.command!r}: use {', '.join(COMMANDS)}")
         check_seed("seed", self.seed)
         require(bool(DEVICE.match(self.device)), f"unknown device {self.device!r}: use auto, cpu or cuda[:N]")
         target = self.model.get(TARGET)

@@ -25,7 +25,7 @@ class AggregateSweep(Callback):
             return
         LAST["rows"] = aggregate(sweep_dir)
         files = (layout.SUMMARY, layout.BER_CURVE, layout.RERR_CURVE, layout.TABLE_MD, layout.TABLE_CSV,
-                 layout.PAIRED)
+                 layout.PAIRED, layout.ATTACKS_CSV)
         logger = OmegaConf.to_container(config.logger, resolve=True) if "logger" in config else None
         log_run(logger, sweep_dir, OmegaConf.select(config, "paths.root"), {"sweep": str(sweep_dir)},
                 artifacts=[sweep_dir / f for f in files])

@@ -6,6 +6,9 @@ One home for these facts: the engine, the app, the CLI and the report read them 
 from __future__ import annotations
 
 RESULTS = "results.json"          # inject-eval (and each sweep point / rate): accuracies under faults
+ATTACK = "attack.json"            # attack (and each sweep point of command=attack): the progressive bit search
+ATTACK_CURVE = "attack_curve.png" # attack: accuracy against flips, adversarial and random
+ATTACKS_CSV = "attacks.csv"       # sweep: one row per attack point (flips to target, clean and random accuracy)
 MODEL = "model.pt"                # train: the finished model (weights, resolved config, metrics)
 LAST = "last.pt"                  # train: the state after the last finished epoch (what --resume continues)
 METRICS = "metrics.json"          # train: test accuracy, losses, history

@@ -5,6 +5,9 @@ Where training meets fault injection, this module decides (SAM knows nothing of 
 * ``train.bet.mode=random`` (RandBET, Stutz et al.): each step's objective is the clean loss plus the loss under a
   fresh random pattern at rate ``train.bet.ber``, once the previous step's clean loss is below
   ``train.bet.start_loss``; the faulty loss reaches the weights through the straight-through gradient;
+* ``train.bet.mode=adversarial`` (AdvBET-style, Stutz et al., TPAMI): the same, under ``train.bet.adv_flips``
+  bit flips chosen on the step's batch by ``adv_steps`` rounds of first-order bit search (the attack's ranking,
+  ``faults.search.adversarial_flips``; BN statistics frozen), found once per step before SAM's two passes;
 * ``fault.enable_in_training=true`` (the seed's rule 4): every training forward sees faults (no clean term);
 
 in both, step ``k`` has its own pattern, reproducible from (seed, k), and both passes of a SAM step see it; SAM's
@@ -30,6 +33,7 @@ from qfi_cli.engine.common import build_quantized_model, load_data, predict_corr
 from qfi_cli.engine.sharpness import sharpness
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultConfig, FaultInjector
+from qfi_cli.faults.search import Masks, adversarial_flips, flipped
 from qfi_cli.io import load_checkpoint, save_checkpoint, write_json
 from qfi_cli.layout import LAST, METRICS, MODEL
 from qfi_cli.loggers import make_logger, scalars
@@ -53,9 +57,9 @@ def _training_injectors(cfg: RunConfig, model: torch.nn.Module) -> tuple[FaultIn
     """(injector of ``fault.enable_in_training``, RandBET's injector): at most one of them."""
     faulty = cfg.fault.enable_in_training
     bet = cfg.train.bet.mode == "random"
-    if faulty and bet:
-        raise QfiError("fault.enable_in_training=true and train.bet.mode=random both inject faults during "
-                       "training: use one (RandBET adds a faulty loss to the clean one)")
+    if faulty and cfg.train.bet.mode != "none":
+        raise QfiError(f"fault.enable_in_training=true and train.bet.mode={cfg.train.bet.mode} both inject faults "
+                       "during training: use one (bit error training adds a faulty loss to the clean one)")
     if faulty:
         injector = FaultInjector(model, cfg.fault, seed=cfg.seed)
         if cfg.sam.rho > 0:
@@ -71,37 +75,48 @@ def _training_injectors(cfg: RunConfig, model: torch.nn.Module) -> tuple[FaultIn
 
 
 class TrainingFaults:
-    """Where training meets fault injection: step k's pattern, RandBET's objective and its start latch.
+    """Where training meets fault injection: step k's pattern, RandBET's / AdvBET's objective and its start latch.
 
-    ``with faults.step(k):`` holds step k's pattern for every forward inside (both SAM passes); ``loss(model, x, y)``
-    is the step's objective, returning ``(loss, clean logits)``; ``after_step(logits, y)`` records the clean loss
-    that decides when RandBET starts. Without faults in training it is plain cross-entropy.
+    ``with faults.step(k, x, y):`` holds step k's pattern for every forward inside (both SAM passes; AdvBET finds
+    its flips on the batch (x, y) here, once); ``loss(model, x, y)`` is the step's objective, returning ``(loss,
+    clean logits)``; ``after_step(logits, y)`` records the clean loss that decides when bit error training starts.
+    Without faults in training it is plain cross-entropy.
     """
 
     def __init__(self, cfg: RunConfig, model: torch.nn.Module) -> None:
         self.faulty, self.bet = _training_injectors(cfg, model)
+        self.model, self.adversarial = model, cfg.train.bet.mode == "adversarial"
+        self.adv_flips, self.adv_steps = cfg.train.bet.adv_flips, cfg.train.bet.adv_steps
         self.weight, self.start_loss = cfg.train.bet.weight, cfg.train.bet.start_loss
         self.on, self.last_clean = False, math.inf
+        self.flips: Masks | None = None
 
     @contextmanager
-    def step(self, step: int) -> Iterator[None]:
+    def step(self, step: int, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Iterator[None]:
         injector = self.faulty or self.bet
-        with injector.step(step) if injector is not None else nullcontext():
-            yield
+        if self.adversarial and self.on and x is not None:  # AdvBET: this batch's flips, for both SAM passes
+            with frozen_bn_stats(self.model):
+                self.flips = adversarial_flips(self.model, x, y, self.adv_flips, self.adv_steps)
+        try:
+            with injector.step(step) if injector is not None else nullcontext():
+                yield
+        finally:
+            self.flips = None
 
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy at the clean Q(w) (faulty Q(w) under ``fault.enable_in_training``), plus RandBET's
-        ``weight * CE`` under the step's random pattern once started (batch-norm statistics frozen for it)."""
+        ``weight * CE`` under the step's random pattern (AdvBET's: its adversarial flips) once started
+        (batch-norm statistics frozen for it)."""
         with self.bet.disabled() if self.bet is not None else nullcontext():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         if self.on:
-            with frozen_bn_stats(model):
+            with frozen_bn_stats(model), flipped(model, self.flips) if self.flips else nullcontext():
                 loss = loss + self.weight * F.cross_entropy(model(x), y)
         return loss, logits
 
     def after_step(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        if self.bet is not None:
+        if self.bet is not None or self.adversarial:
             self.last_clean = float(F.cross_entropy(logits.detach(), y))
             self.on = self.on or self.last_clean < self.start_loss
 
@@ -188,7 +203,7 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
                 loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
                 for i, (x, y) in enumerate(data.batches("train", batch_size, shuffle=True, generator=generator,
                                                         augment=True, limit=tcfg.limit)):
-                    with faults.step(epoch * steps + i):
+                    with faults.step(epoch * steps + i, x, y):
                         loss, logits = sam.step(lambda: faults.loss(model, x, y))
                     faults.after_step(logits, y)
                     if tcfg.clip_weights is not None:

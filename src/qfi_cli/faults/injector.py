@@ -1,6 +1,7 @@
 """FaultInjector: bit errors in the stored codes of a quantized model's weights (and activations).
 
-Two ways in, one sampler and one bit primitive (``_fault_entries``) behind both:
+Two ways in, one sampler and one bit primitive (``_fault_entries``, through ``faults.flips.write_masked``) behind
+both:
 
 * **In place, once per trial** (evaluation): inside ``frozen_weights(model)`` each layer holds its clean quantized
   weight once; ``with injector.trial(t, ber):`` writes trial ``t``'s faulty values into those frozen weights at the
@@ -32,7 +33,8 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.faults.bits import apply_mask, n_exposed_bits, positions_to_masks
+from qfi_cli.faults.bits import n_exposed_bits, positions_to_masks
+from qfi_cli.faults.flips import write_masked
 from qfi_cli.faults.models import FaultConfig, ProtectRule
 from qfi_cli.faults.sampler import NestedBitSampler, sample_fixed_count, stream_key
 from qfi_cli.quant.encoding import Encoding
@@ -373,16 +375,10 @@ class FaultInjector:
         if index.numel() == 0:
             self.flips.setdefault(key, 0)
             return flat.new_empty(0, dtype=torch.long), flat.new_empty(0)
-        index = index.to(flat.device)
-        old = flat[index]
-        patterns = encoding.encode(old, index)
-        new = patterns
-        for mode, mask in masks:  # flips first, then stuck-at bits (a stuck cell ends at its value)
-            new = apply_mask(new, mask.to(flat.device), bits, signed=False, mode=mode)
-        flat[index] = encoding.decode(new, index, dtype=flat.dtype)
+        w = write_masked(flat, encoding, index, masks)  # flips first, then stuck-at bits
         # a flipped bit always changes; a stuck bit only where it held the other value
-        self.flips[key] = self.flips.get(key, 0) + popcount(patterns ^ new, bits)
-        return index, old
+        self.flips[key] = self.flips.get(key, 0) + popcount(w.patterns ^ w.new, bits)
+        return w.index, w.old
 
     def exposed_weight_bits(self) -> int:
         """Number of stored weight bits this injector can corrupt (selected layers and bit positions, less the

@@ -9,6 +9,8 @@ DIR`` call it). It writes into the sweep directory:
   and each recipe's paired RErr difference from ``normal``;
 - ``paired.csv``: paired differences between configurations that differ in exactly one factor;
 - ``ber_curve.png`` (accuracy) and ``rerr_curve.png`` (RErr) against p, one line per configuration with its band;
+- with attack.json points (``command=attack``): ``attacks.csv`` and the table's flips-to-target columns
+  (``report.attack``); a sweep of attacks only writes no summary.csv and no BER curves;
 
 and prints the study, the paired differences by factor, and the points that failed. Modules: ``collect`` (read and
 check), ``study`` (aggregate over seeds, pair), ``tables`` (files), ``plots``, ``console``.
@@ -39,6 +41,9 @@ from typing import Any
 
 from rich.console import Console
 
+from qfi_cli.errors import QfiError
+from qfi_cli.layout import ATTACK
+from qfi_cli.report.attack import collect_attacks, render_attacks, write_attacks
 from qfi_cli.report.collect import (COLUMNS, RESULTS, collect, config_label, factors, pending_points,
                                     swept_keys)
 from qfi_cli.progress import wide_console
@@ -61,30 +66,43 @@ def aggregate(sweep_dir: str | Path, console: Console | None = None) -> list[dic
     """Report a sweep: write summary.csv, table.md, table.csv, paired.csv, ber_curve.png and rerr_curve.png
     into ``sweep_dir`` and print the study, the paired differences and the failures.
 
-    Returns ``collect``'s rows, one per results.json: those whose ``status`` is not "ok" (failed, invalid,
-    unreadable) are the points that did not give a result, so ``sum(r["status"] != "ok" for r in rows)`` is the
-    count a sweep's exit status needs; points without any results.json (not run, interrupted) are
-    ``pending_points(sweep_dir)``. Raises QfiError (one line) when ``sweep_dir`` is missing or holds no
-    results.json.
+    Returns ``collect``'s rows, one per results.json, then ``collect_attacks``' rows, one per attack.json: those
+    whose ``status`` is not "ok" (failed, invalid, unreadable) are the points that did not give a result, so
+    ``sum(r["status"] != "ok" for r in rows)`` is the count a sweep's exit status needs; points without any
+    results.json or attack.json (not run, interrupted) are ``pending_points(sweep_dir)``. Raises QfiError (one
+    line) when ``sweep_dir`` is missing or holds neither.
     """
     console = console or wide_console()
     root = Path(sweep_dir)
-    rows = collect(root)
-    study = build_study(rows)
-    written = [write_summary(root, rows), *write_study_table(root, study, rows), write_paired(root, study.pairs),
-               plot_ber_curve(rows, root / BER_CURVE, study), plot_rerr_curve(rows, root / RERR_CURVE, study)]
-    render_table(rows, console, study)
+    attacks = collect_attacks(root)
+    try:
+        rows = collect(root)
+    except QfiError:
+        if not attacks:
+            raise
+        rows = []  # a sweep of attacks only
+    study = build_study(rows, attacks)
+    written = [write_summary(root, rows)] if rows else []
+    written += [*write_study_table(root, study, rows), write_paired(root, study.pairs)]
+    if rows:
+        written += [plot_ber_curve(rows, root / BER_CURVE, study), plot_rerr_curve(rows, root / RERR_CURVE, study)]
+        render_table(rows, console, study)
+    if attacks:
+        written.append(write_attacks(root, attacks))
+        render_attacks(study, console)
+        render_failures(attacks, console)
     if study.pairs:
         render_paired(study.pairs, console)
     for note in study.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    rows = rows + attacks
     failed = sum(r.get("status") != "ok" for r in rows)
     pending = pending_points(root)
     notes = [f"{len(rows)} point(s)"]
     if failed:
         notes.append(f"{failed} failed or unreadable")
     if pending:
-        notes.append(f"{len(pending)} without {RESULTS} (not run or interrupted)")
+        notes.append(f"{len(pending)} without {RESULTS} or {ATTACK} (not run or interrupted)")
     console.print(", ".join(notes), highlight=False)
     console.print(f"wrote {', '.join(p.name for p in written)} in {root}", soft_wrap=True, highlight=False)
     return rows
@@ -93,7 +111,7 @@ def aggregate(sweep_dir: str | Path, console: Console | None = None) -> list[dic
 __all__ = [
     "BER_CURVE", "COLUMNS", "Column", "Estimate", "PAIRED", "PAIRED_COLUMNS", "Pair", "RERR_CURVE",
     "RESULTS", "SUMMARY", "Study", "TABLE_CSV", "TABLE_GROUPS", "TABLE_MD", "aggregate", "ber_figure", "build_study",
-    "collect", "config_label", "curve_figure", "factors", "paired_differences", "pending_points", "plot_ber_curve",
+    "collect", "collect_attacks", "config_label", "curve_figure", "factors", "paired_differences", "pending_points", "plot_ber_curve",
     "plot_rerr_curve", "render_failures", "render_paired", "render_table", "rerr_figure", "study_columns",
     "swept_keys", "write_paired", "write_study_table", "write_summary",
 ]

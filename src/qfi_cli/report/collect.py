@@ -25,14 +25,15 @@ from typing import Any, Iterable
 
 from qfi_cli.errors import QfiError
 from qfi_cli.io import read_json
-from qfi_cli.layout import MODELS_DIR, RESULTS
+from qfi_cli.layout import ATTACK, MODELS_DIR, RESULTS
 from qfi_cli.stats import bootstrap_ci, describe_ci
 
 BER_KEY = "fault.ber"
 SEED_KEY = "seed"  # the training seed: a replicate, not a factor
 RECIPE_KEY = "recipe"
 BASELINE_RECIPE = "normal"
-RECIPE_ORDER = ("normal", "rquant", "clipping", "randbet", "sam", "sam_clipping", "sam_randbet")
+RECIPE_ORDER = ("normal", "rquant", "clipping", "randbet", "advbet", "sam", "sam_clipping", "sam_randbet",
+                "sam_advbet")
 # The columns of a row after the swept keys, in summary.csv order (the first eleven are the documented ones).
 COLUMNS = ("ber", "trials", "clean_accuracy", "accuracy_mean", "accuracy_std", "ci95_low", "ci95_high",
            "rerr_mean", "status", "error", "dir", "train_seed", "fault_seed", "ci")
@@ -136,19 +137,21 @@ def _json_type(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------------- files
 
-def _result_files(root: Path) -> list[Path]:
-    """Every file named exactly results.json under ``root``, outside hidden directories and ``models/``."""
+def _result_files(root: Path, name: str = RESULTS) -> list[Path]:
+    """Every file named exactly ``name`` (results.json) under ``root``, outside hidden directories and
+    ``models/``."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                              and not (d == MODELS_DIR and Path(dirpath) == root))
-        if RESULTS in filenames and os.path.isfile(os.path.join(dirpath, RESULTS)):
-            found.append(Path(dirpath) / RESULTS)
+        if name in filenames and os.path.isfile(os.path.join(dirpath, name)):
+            found.append(Path(dirpath) / name)
     return found
 
 
 def pending_points(sweep_dir: str | Path) -> list[str]:
-    """Point directories without a results.json: not run yet or interrupted (relative paths, sorted).
+    """Point directories without a results.json (or attack.json): not run yet or interrupted (relative paths,
+    sorted).
 
     A point directory is one Hydra made (it holds ``.hydra/``) or an empty one; a point that evaluates several
     rates keeps them in subdirectories (``fault.ber=<p>/results.json``) and counts as pending only when none has
@@ -159,7 +162,7 @@ def pending_points(sweep_dir: str | Path) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
-        if RESULTS in filenames:
+        if RESULTS in filenames or ATTACK in filenames:
             dirnames[:] = []  # a finished point: whatever lies below belongs to it
             continue
         hydra_made = (here / ".hydra").is_dir()
@@ -327,6 +330,19 @@ def config_order(row: dict[str, Any], keys: list[str]) -> tuple:
     return (tuple(sort_value(row.get(k), k) for k in inner), config_label(row, keys))
 
 
+def point_keys(raw: Iterable[dict[str, Any]]) -> list[str]:
+    """The keys of the rows' ``_point`` dicts, in order of first appearance (every row gets each of them).
+
+    >>> point_keys([{"_point": {"a": 1}}, {"_point": {"b": 2, "a": 3}}])
+    ['a', 'b']
+    """
+    keys: dict[str, None] = {}
+    for r in raw:
+        for k in r["_point"]:
+            keys.setdefault(k, None)
+    return list(keys)
+
+
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per results.json under ``sweep_dir`` (hidden directories and ``models/`` skipped), sorted by
     configuration, BER, then training seed.
@@ -348,10 +364,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not files:
         raise QfiError(f"no {RESULTS} under {root}: not a sweep directory, or no point has finished yet")
     raw = [_row(f, root) for f in files]
-    keys: dict[str, None] = {}
-    for r in raw:
-        for k in r["_point"]:
-            keys.setdefault(k, None)
+    keys = point_keys(raw)
     rows = []
     for r in raw:
         point = r.pop("_point")

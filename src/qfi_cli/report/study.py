@@ -102,6 +102,7 @@ class Study:
     sharpness: dict[tuple, dict[str, float | None]]
     pairs: list[Pair]
     notes: list[str]
+    attacks: dict[tuple, list[dict[str, Any]]] = field(default_factory=dict)  # config key -> attack rows, per seed
 
     def cell(self, config: Config, ber: float) -> Cell | None:
         return self.cells.get((config.key, ber))
@@ -176,21 +177,28 @@ def _paired(ca: Cell, cb: Cell, factor: str) -> Pair | None:
                 _estimate(rerr) if rerr is not None else Estimate(None), ca.config, cb.config)
 
 
-def build_study(rows: Iterable[dict[str, Any]]) -> Study:
+def build_study(rows: Iterable[dict[str, Any]], attacks: Iterable[dict[str, Any]] = ()) -> Study:
     """Aggregate ``collect`` rows over training seeds and pair one-factor changes (see the module docstring).
 
     Only ok rows count. Configurations come in ``config_order`` (recipe innermost, ``normal`` first); a pair's
-    baseline is the earlier of its two configurations. Differences and means are fractions (not %).
+    baseline is the earlier of its two configurations. Differences and means are fractions (not %). ``attacks``
+    are ``report.attack.collect_attacks`` rows (attack.json points): their configurations join the study, and
+    ``Study.attacks`` holds each configuration's attack rows, one per training seed.
     """
-    rows = list(rows)
-    keys = factors(rows)
+    rows, attacks = list(rows), list(attacks)
+    keys = factors(rows + attacks)
     ok = sorted((r for r in rows if r.get("status") == "ok"), key=lambda r: config_order(r, keys))
+    ok_attacks = sorted((r for r in attacks if r.get("status") == "ok"), key=lambda r: config_order(r, keys))
     configs: dict[tuple, Config] = {}
+    for r in sorted(ok + ok_attacks, key=lambda r: config_order(r, keys)):
+        cfg = _config(r, keys)
+        configs.setdefault(cfg.key, cfg)
     grouped: dict[tuple, list[dict[str, Any]]] = {}
     for r in ok:
-        cfg = _config(r, keys)
-        cfg = configs.setdefault(cfg.key, cfg)
-        grouped.setdefault((cfg.key, r["ber"]), []).append(r)
+        grouped.setdefault((_config(r, keys).key, r["ber"]), []).append(r)
+    attacked: dict[tuple, list[dict[str, Any]]] = {}
+    for r in ok_attacks:
+        attacked.setdefault(_config(r, keys).key, []).append(r)
     notes: list[str] = []
     cells = {}
     for (key, ber), group in grouped.items():
@@ -205,6 +213,9 @@ def build_study(rows: Iterable[dict[str, Any]]) -> Study:
             if k == key:
                 for r in cell.rows:
                     seeds.setdefault(r.get("_seed"), []).append(r)
+        for r in attacked.get(key, []):  # a model only attacked: its clean accuracy and sharpness from there
+            if r.get("_seed") not in seeds and r.get("clean_accuracy") is not None:
+                seeds[r.get("_seed")] = [r]
         errors = [1.0 - _mean([r["clean_accuracy"] for r in rs]) for rs in seeds.values()]
         clean_error[key] = Estimate(_mean(errors), *bootstrap_ci(errors))
         sharpness[key] = {}
@@ -228,7 +239,24 @@ def build_study(rows: Iterable[dict[str, Any]]) -> Study:
                     else:
                         pairs.append(pair)
     pairs.sort(key=lambda p: keys.index(p.factor))  # stable: within a factor, configuration order then BER
-    return Study(keys, ordered, sorted({ber for (_, ber) in cells}), cells, clean_error, sharpness, pairs, notes)
+    attack_rows = {key: _one_attack_per_seed(group, notes) for key, group in attacked.items()}
+    return Study(keys, ordered, sorted({ber for (_, ber) in cells}), cells, clean_error, sharpness, pairs, notes,
+                 attack_rows)
+
+
+def _one_attack_per_seed(rows: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
+    """One attack per training seed (the first directory), with a note where a seed has several."""
+    by_seed: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_seed.setdefault(r.get("_seed"), []).append(r)
+    kept = []
+    for seed, group in sorted(by_seed.items(), key=lambda kv: sort_value(kv[0])):
+        group = sorted(group, key=lambda r: r["dir"])
+        if len(group) > 1:
+            notes.append(f"{len(group)} attacks of one model (seed {seed}): using {group[0]['dir']}, not "
+                         f"{', '.join(r['dir'] for r in group[1:])}")
+        kept.append(group[0])
+    return kept
 
 
 __all__ = ["Cell", "Config", "Estimate", "Pair", "Study", "build_study"]

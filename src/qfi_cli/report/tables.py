@@ -225,8 +225,14 @@ def baseline_columns(study: Study) -> tuple[list[Column], list[str]]:
     return columns, legend
 
 
+def _attack_columns(study: Study) -> tuple[list[Column], list[str]]:
+    from qfi_cli.report.attack import attack_columns  # flips to target from attack.json points
+
+    return attack_columns(study)
+
+
 TABLE_GROUPS: list[ColumnGroup] = [config_columns, seed_columns, clean_columns, rerr_columns, sharpness_columns,
-                                   baseline_columns]
+                                   baseline_columns, _attack_columns]
 
 
 def study_columns(study: Study, groups: list[ColumnGroup] | None = None) -> tuple[list[Column], list[str]]:

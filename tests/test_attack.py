@@ -1,0 +1,309 @@
+"""qfi attack: the progressive bit search (exhaustive check, exact records, determinism, undo), attack.json and its
+curve, command=attack in a sweep and the report's flips-to-target column, AdvBET's adversarial flips."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+from qfi_cli.cli import app
+from qfi_cli.engine.attack import attack, baseline_counts
+from qfi_cli.faults.search import BitSearch, adversarial_flips, flipped
+from qfi_cli.io import write_json
+from qfi_cli.quant import calibrate, frozen_weights, quantize_model, quantized_layers
+from qfi_cli.report import aggregate
+from qfi_cli.report.attack import collect_attacks, flips_estimate
+from tests.helpers import compose
+
+runner = CliRunner()
+
+
+def tiny(quantizer: str, per_channel: bool = False, bits: int = 3) -> nn.Module:
+    """Two quantized linear layers (3-bit codes, 48 + 12 entries: 180 single flips), calibrated, in eval mode."""
+    torch.manual_seed(0)
+    model = quantize_model(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), quantizer, wbits=bits,
+                           abits=32, per_channel=per_channel, first_last_bits=None)
+    calibrate(model, torch.randn(32, 6))
+    return model.eval()
+
+
+def batch(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def flipped_value(code: int, bit: int, m) -> tuple[int, float]:
+    """The code and value after flipping ``bit``, from the encoding's facts alone (python integers)."""
+    enc = m.frozen_encoding
+    k = enc.bits
+    pattern = (code & ((1 << k) - 1)) ^ (1 << bit)
+    new = pattern - (1 << k) if enc.signed and pattern >= 1 << (k - 1) else pattern
+    return new, new - enc.zero_point
+
+
+@pytest.mark.parametrize("quantizer,per_channel", [("minmax", False), ("minmax", True), ("rquant", False)])
+def test_first_flip_is_the_best_single_flip_by_brute_force(quantizer, per_channel):
+    """With every bit of every layer a candidate, the first committed flip raises the attack batch's loss the most
+    among all single flips (each one's loss computed independently of the search's code path)."""
+    model = tiny(quantizer, per_channel)
+    x, y = batch()
+    layers = quantized_layers(model)
+    with frozen_weights(model):
+        losses = {}
+        for name, m in layers:
+            flat = m.frozen_weight.view(-1)
+            codes = m.frozen_encoding.codes(m.frozen_weight).view(-1).tolist()
+            scale = m.frozen_encoding.scale.detach().reshape(-1)
+            group = m.frozen_encoding.group
+            for i, code in enumerate(codes):
+                s = scale[0] if scale.numel() == 1 else scale[i // group]
+                for b in range(m.frozen_encoding.bits):
+                    _, units = flipped_value(code, b, m)
+                    old = flat[i].clone()
+                    flat[i] = torch.tensor(float(units), dtype=flat.dtype) * s
+                    with torch.no_grad():
+                        losses[(name, i, b)] = float(F.cross_entropy(model(x), y))
+                    flat[i] = old
+        assert len(losses) == sum(m.weight.numel() * 3 for _, m in layers)
+        search = BitSearch(model, x, y, k_top=len(losses))
+        assert search.loss() < max(losses.values())
+        flip = search.step()
+        best = max(losses.values())
+        winners = [k for k, v in losses.items() if v == best]
+        assert (flip.layer, flip.index, flip.bit) in winners
+        assert flip.loss == best  # same weights, same forward: the same float
+        search.restore()
+
+
+def test_flips_stay_in_range_are_recorded_exactly_and_undone_bit_for_bit():
+    model = tiny("minmax", bits=4)
+    x, y = batch()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        reference = model(x)
+    with frozen_weights(model):
+        layers = dict(quantized_layers(model))
+        clean = {n: m.frozen_weight.clone() for n, m in layers.items()}
+        search = BitSearch(model, x, y, k_top=3)
+        flips = [search.step() for _ in range(12)]
+        seen, current = set(), {n: w.clone().view(-1) for n, w in clean.items()}
+        for f in flips:  # replay the records on a copy of the clean weights
+            enc = layers[f.layer].frozen_encoding
+            low, high = enc.code_range()
+            assert low <= f.old_code <= high and low <= f.new_code <= high
+            assert (f.old_code ^ f.new_code) & ((1 << enc.bits) - 1) == 1 << f.bit
+            assert f.old_value == float(current[f.layer][f.index])
+            assert f.old_code == int(enc.codes(torch.tensor([f.old_value]))[0])
+            assert f.new_code == flipped_value(f.old_code, f.bit, layers[f.layer])[0]
+            assert f.new_value == float(torch.tensor(float(f.new_code)) * enc.scale.detach())  # float32 product
+            current[f.layer][f.index] = f.new_value
+            assert (f.layer, f.index, f.bit) not in seen  # a bit is flipped at most once
+            seen.add((f.layer, f.index, f.bit))
+        assert all(torch.equal(current[n], m.frozen_weight.view(-1)) for n, m in layers.items())
+        distance = sum(bin(int(a) ^ int(b)).count("1") for n, m in layers.items()
+                       for a, b in zip(m.frozen_encoding.encode(clean[n]).view(-1).tolist(),
+                                       m.frozen_encoding.encode(m.frozen_weight).view(-1).tolist()))
+        assert distance == len(flips), "n committed flips = Hamming distance n from the clean weights"
+        assert flips[-1].loss > search.loss() - 1e-6 and flips[-1].loss == search.loss()
+        search.restore()
+        assert all(torch.equal(clean[n], m.frozen_weight) for n, m in layers.items())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(x), reference)
+
+
+def test_same_seed_gives_the_same_flips_and_the_model_is_untouched(trained_digits):
+    checkpoint, cfg = trained_digits
+    cfg = {**cfg, "attack": {**cfg["attack"], "flips": 3, "random_trials": 2, "k_top": 2}}
+    before = torch.load(checkpoint, weights_only=True)["state_dict"]
+    a, b = attack(cfg, checkpoint), attack(cfg, checkpoint)
+    keys = ("layer", "index", "bit", "old_code", "new_code", "loss", "accuracy")
+    assert [[f[k] for k in keys] for f in a["flips"]] == [[f[k] for k in keys] for f in b["flips"]]
+    assert a["random"]["accuracies"] == b["random"]["accuracies"]
+    other = attack({**cfg, "attack": {**cfg["attack"], "seed": 7}}, checkpoint)
+    assert other["attack"]["seed"] == 7 and other["attack_samples"] == 128
+    after = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert a["clean_accuracy"] > 0.8 and all(0 <= f["accuracy"] <= 1 for f in a["flips"])
+    assert a["random"]["counts"] == baseline_counts(a["flips_committed"])
+
+
+def test_attack_reaches_chance_on_the_digits_model_while_random_flips_do_not(trained_digits):
+    """The digits fixture model: the search takes it to <= 11% within attack.flips flips; as many random flips
+    leave it near its clean accuracy (mean over trials above 90%: random flips at that count touch ~1e-4 of the
+    bits)."""
+    checkpoint, cfg = trained_digits
+    res = attack({**cfg, "attack": {**cfg["attack"], "flips": 40, "random_trials": 5}}, checkpoint)
+    n = res["flips_to_target"]
+    assert n is not None and res["flips"][n - 1]["accuracy"] <= 0.11 == res["target_accuracy"]
+    assert all(f["accuracy"] > 0.11 for f in res["flips"][:n - 1])
+    assert res["random_at_target"]["accuracy_mean"] > 0.9
+
+
+def test_cli_writes_attack_json_and_curve_and_says_where_the_data_come_from(trained_digits, in_tmp):
+    checkpoint, _ = trained_digits
+    out = in_tmp / "a"
+    result = runner.invoke(app, ["attack", "--checkpoint", str(checkpoint), "--flips", "3", "--target-accuracy",
+                                 "0.0", "--seed", "2", "--out", str(out), "attack.random_trials=3", "attack.k_top=2",
+                                 "device=cpu"])
+    assert result.exit_code == 0, result.output
+    assert "training split" in result.output and "test split" in result.output
+    res = json.loads((out / "attack.json").read_text())
+    assert res["status"] == "ok" and res["flips_committed"] == 3 and res["flips_to_target"] is None
+    assert res["attack"]["seed"] == 2 and res["target_accuracy"] == 0.0
+    assert len(res["random"]["accuracies"]) == 3 and all(len(a) == 3 for a in res["random"]["accuracies"])
+    assert (out / "attack_curve.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["attack.k_top=0"], "attack.k_top must be >= 1, got 0"),
+    (["--target-accuracy", "1.5"], "attack.target_accuracy must lie in [0, 1]"),
+    (["attack.batch=many"], "attack.batch must be a whole number"),
+    (["+attack.depth=3"], "unknown setting attack.depth"),
+])
+def test_bad_attack_setting_is_one_line(in_tmp, args, message):
+    result = runner.invoke(app, ["attack", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_sweep_command_attack_writes_points_resumes_and_reports(trained_digits, in_tmp):
+    checkpoint, _ = trained_digits
+    out = in_tmp / "s"
+    args = ["sweep", "--checkpoint", str(checkpoint), "--out", str(out), "command=attack", "attack.flips=2",
+            "attack.random_trials=2", "attack.k_top=2", "attack.seed=0,1", "device=cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    files = sorted(out.glob("*/attack.json"))
+    assert [p.parent.name for p in files] == ["attack.seed=0", "attack.seed=1"]
+    assert not list(out.rglob("results.json")), "command=attack wins over the sweep's command=inject_eval"
+    assert all(json.loads(p.read_text())["point"] == {"attack.seed": i} for i, p in enumerate(files))
+    table = (out / "table.md").read_text()
+    assert "Flips to ≤11% acc" in table and "Random acc % @ same flips" in table
+    rows = list(csv.DictReader(open(out / "attacks.csv")))
+    assert [r["attack.seed"] for r in rows] == ["0", "1"] and all(r["status"] == "ok" for r in rows)
+    stamps = [p.stat().st_mtime_ns for p in files]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "skip finished attack" in again.output, again.output
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0 and "flips to target" in report.output, report.output
+
+
+def test_failing_attack_point_is_recorded_and_the_sweep_goes_on(trained_digits, in_tmp):
+    """A point whose checkpoint does not match its settings (4-bit asked of an 8-bit model) records status=failed
+    in its attack.json; the other point runs; the sweep exits 2 naming the failure."""
+    checkpoint, _ = trained_digits
+    out = in_tmp / "s"
+    result = runner.invoke(app, ["sweep", "--checkpoint", str(checkpoint), "--out", str(out), "command=attack",
+                                 "attack.flips=1", "attack.random_trials=2", "attack.k_top=1", "quant.wbits=4,8",
+                                 "device=cpu"])
+    assert result.exit_code == 2 and "1 of 2 sweep point(s) failed" in result.output, result.output
+    failed = json.loads((out / "quant.wbits=4" / "attack.json").read_text())
+    assert failed["status"] == "failed" and "quant.wbits=8, not 4" in failed["error"]
+    assert failed["point"] == {"quant.wbits": 4}
+    assert json.loads((out / "quant.wbits=8" / "attack.json").read_text())["status"] == "ok"
+
+
+def _attack_file(path, seed, n, recipe="normal", status="ok", flips=20):
+    write_json(path / "attack.json", {
+        "status": status, "point": {"recipe": recipe, "seed": seed}, "seed": seed, "recipe": recipe,
+        "flips_to_target": n, "flips_committed": n if n is not None else flips, "clean_accuracy": 0.97,
+        "target_accuracy": 0.11, "attack": {"flips": flips}, "error": "boom" if status != "ok" else None,
+        "random_at_target": None if n is None else {"flips": n, "accuracy_mean": 0.96}})
+
+
+def test_report_flips_to_target_over_seeds_with_censoring_and_failures(tmp_path):
+    for seed, n in ((0, 6), (1, 8), (2, 10)):
+        _attack_file(tmp_path / f"recipe=normal,seed={seed}", seed, n)
+    for seed, n in ((0, 30), (1, None)):
+        _attack_file(tmp_path / f"recipe=randbet,seed={seed}", seed, n, recipe="randbet")
+    _attack_file(tmp_path / "recipe=sam,seed=0", 0, None, recipe="sam", status="failed")
+    rows = aggregate(tmp_path)
+    assert sum(r["status"] != "ok" for r in rows) == 1
+    assert not (tmp_path / "summary.csv").exists(), "a sweep of attacks only has no BER rows"
+    attacks = collect_attacks(tmp_path)
+    normal = [r for r in attacks if r["recipe"] == "normal"]
+    est = flips_estimate(normal)
+    assert est.mean == 8.0 and 6.0 <= est.low <= est.high <= 10.0
+    censored = flips_estimate([r for r in attacks if r["recipe"] == "randbet" and r["status"] == "ok"])
+    assert censored.mean == (30 + 21) / 2 and censored.high is None  # 20 flips not enough: counted as 21
+    table = (tmp_path / "table.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert "8.0 [" in next(line for line in lines if "normal" in line)
+    assert "≥ 25.5" in next(line for line in lines if "randbet" in line)
+    body = list(csv.DictReader(open(tmp_path / "table.csv")))
+    assert [r["recipe"] for r in body] == ["normal", "randbet"]
+    assert float(body[0]["flips_to_target"]) == 8.0 and body[1]["flips_to_target_lower_bound"] == "yes"
+
+
+def test_report_mixes_random_error_rows_and_attacks(tmp_path):
+    for rho in (0.0, 0.05):
+        write_json(tmp_path / f"sam.rho={rho}" / "fault.ber=0.01" / "results.json", {
+            "status": "ok", "ber": 0.01, "trials": 2, "seed": 0, "fault_seed": 0, "clean_accuracy": 0.95,
+            "accuracy_mean": 0.85, "accuracies": [0.8, 0.9], "rerrs": [0.2, 0.1], "rerr_mean": 0.15,
+            "point": {"sam.rho": rho, "fault.ber": 0.01}})
+        write_json(tmp_path / f"sam.rho={rho}" / "attack.json", {
+            "status": "ok", "point": {"sam.rho": rho}, "seed": 0, "flips_to_target": 5 if rho else 4,
+            "flips_committed": 5 if rho else 4, "clean_accuracy": 0.95, "target_accuracy": 0.11,
+            "attack": {"flips": 10}, "random_at_target": {"flips": 4, "accuracy_mean": 0.95}})
+    rows = aggregate(tmp_path)
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    body = list(csv.DictReader(open(tmp_path / "table.csv")))
+    assert [(r["sam.rho"], r["flips_to_target"], r["rerr_pct@0.01"] != "") for r in body] == \
+        [("0.0", "4.0", True), ("0.05", "5.0", True)]
+    assert (tmp_path / "summary.csv").exists() and (tmp_path / "attacks.csv").exists()
+
+
+def test_adversarial_flips_leave_the_weights_and_pass_gradients_straight_through():
+    model = tiny("minmax", bits=4).train()
+    x, y = batch()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = adversarial_flips(model, x, y, flips=5, steps=2)
+    assert sum(bin(int(v)).count("1") for _, mask in masks.values() for v in mask.tolist()) == 5
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    clean = F.cross_entropy(model(x), y)
+    with flipped(model, masks):
+        attacked = F.cross_entropy(model(x), y)
+        w = [m.weight_with_faults() for _, m in quantized_layers(model)]
+        assert any(not torch.equal(a, m.quantize_weight_clean()[0]) for a, (_, m) in zip(w, quantized_layers(model)))
+    assert float(attacked.detach()) > float(clean.detach())  # the first-order choice raises this batch's loss
+    attacked.backward()
+    assert all(m.weight.grad is not None and torch.isfinite(m.weight.grad).all() for _, m in quantized_layers(model))
+    assert all(m.weight_fault is None for _, m in quantized_layers(model))
+    assert torch.equal(F.cross_entropy(model(x), y), clean)
+
+
+def test_advbet_recipe_trains_with_a_search_per_step_once_started(in_tmp, monkeypatch):
+    from qfi_cli.engine import train as training
+
+    calls = []
+
+    def counted(model, x, y, flips, steps):
+        calls.append((len(x), flips, steps))
+        return adversarial_flips(model, x, y, flips, steps)
+
+    monkeypatch.setattr(training, "adversarial_flips", counted)
+    cfg = compose(["recipe=advbet", "train.epochs=2", "train.limit=256", "model.width=4", "device=cpu",
+                   "train.bet.start_loss=100"])
+    assert cfg["train"]["bet"]["mode"] == "adversarial" and cfg["quant"]["name"] == "rquant"
+    metrics = training.train(cfg, in_tmp / "advbet")
+    assert math.isfinite(metrics["train_loss"]) and 0 <= metrics["test_accuracy"] <= 1
+    # 4 steps per epoch; the first step's clean loss starts it (start_loss 100), so every later step searches
+    assert calls == [(64, 10, 1)] * 7
+
+
+def test_bet_modes_do_not_mix_with_training_faults():
+    from qfi_cli.engine.train import train
+    from qfi_cli.errors import QfiError
+
+    cfg = compose(["recipe=advbet", "fault.enable_in_training=true", "fault.ber=0.01", "device=cpu"])
+    with pytest.raises(QfiError, match="train.bet.mode=adversarial both inject"):
+        train(cfg, "unused")
