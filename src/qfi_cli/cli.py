@@ -120,12 +120,13 @@ def _run(command: str, ov: list[str], overrides: list[str] | None, out: Path | N
         if flags:  # --cfg / --info / --resolve: Hydra prints; a sweep shows its first point's config
             from qfi_cli.validate import first_values
             return run([a for a in first_values(args) if a != "--multirun"])
-        composed = check_overrides(args)
+        configs = check_overrides(args)
+        composed = configs[0]
         check_writable(composed["paths"]["root"], "outputs root (paths.root or QFI_OUTPUTS)")
         if out is not None:
             check_writable(out)
         if command == "sweep" and out is not None:
-            _check_sweep_dir(out, args)
+            _check_sweep_dir(out, configs)
         last = run((["--multirun"] if multirun else []) + args + ([_exclude_fixed(args)] if multirun else []))
     except QfiError as e:
         _fail(str(e))
@@ -395,7 +396,10 @@ def sweep(
     if bers is not None:
         ov.append(f"eval.bers=[{','.join(repr(b) for b in _bers(bers))}]")
     _opt(ov, "eval.trials", trials)
-    _opt(ov, "seed", seed)
+    if seed is not None:  # a sweep of training seeds (replicates): 0,1,2
+        if not all(part.strip().isdigit() for part in seed.split(",")):
+            _fail(f"--seed takes whole numbers separated by commas (0,1,2), got {seed!r}")
+        ov.append(f"seed={seed.replace(' ', '')}")
     _opt(ov, "eval.fault_seed", fault_seed)
     _opt(ov, "hydra.sweep.dir", out)
     if train_models:
@@ -430,23 +434,26 @@ def _exclude_fixed(overrides: list[str]) -> str:
     return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"
 
 
-def _check_sweep_dir(out: Path, args: list[str]) -> None:
-    """A sweep directory holds one sweep: a new sweep into it must share its fixed settings (trials, fault model,
-    fault seed, checkpoint...), so that summary.csv never mixes rows made differently."""
+def _check_sweep_dir(out: Path, configs: list[dict[str, Any]]) -> None:
+    """A sweep directory holds one study: a new sweep into it must share the settings its earlier sweeps held fixed
+    (trials, fault model, fault seed, checkpoint...), so that summary.csv never mixes rows made differently. A
+    setting one sweep varies and another fixes (more seeds, another recipe) is fine; the record keeps what both
+    held fixed alike."""
     from qfi_cli.io import read_json, write_json
     from qfi_cli.validate import fixed_settings
 
     state = out / SWEEP_STATE
-    fixed = fixed_settings(args)
+    fixed = fixed_settings(configs)
     if state.is_file():
         try:
             before = read_json(state)
         except (OSError, ValueError):
             before = {}
-        for key in sorted(set(before) | set(fixed)):
-            if before.get(key) != fixed.get(key):
-                _fail(f"{out} holds a sweep made with {key}={json.dumps(before.get(key))}, not "
-                      f"{json.dumps(fixed.get(key))}: use another --out (rows made differently must not mix)")
+        for key in sorted(set(before) & set(fixed)):
+            if before[key] != fixed[key]:
+                _fail(f"{out} holds a sweep made with {key}={json.dumps(before[key])}, not "
+                      f"{json.dumps(fixed[key])}: use another --out (rows made differently must not mix)")
+        fixed = {k: v for k, v in fixed.items() if k in before}
     write_json(state, fixed)
 
 

@@ -165,7 +165,9 @@ def first_values(args: list[str]) -> list[str]:
     return out + flags
 
 
-def _compose(overrides: list[str]) -> Any:
+def _compose(overrides: list[str], sweeper: bool = False) -> Any:
+    """The composed config as a plain dict (without Hydra's node); with ``sweeper``, also the grid that the
+    config itself sweeps (``hydra.sweeper.params`` of a +experiment or +sweep file)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -173,24 +175,28 @@ def _compose(overrides: list[str]) -> Any:
 
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+            cfg = compose("config", overrides=overrides, return_hydra_config=sweeper)
         plain = OmegaConf.to_container(cfg, resolve=False)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise QfiError(f"bad override: {_hydra_message(e)}") from None
-    plain.pop("hydra", None)
+    hydra = plain.pop("hydra", None) or {}
     try:
-        return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+        out = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
     except (OmegaConfBaseException, ValueError) as e:
         raise QfiError(f"bad setting: {_hydra_message(e)}") from None
+    if not sweeper:
+        return out
+    params = (hydra.get("sweeper") or {}).get("params") or {}
+    return out, {str(k): str(v) for k, v in params.items()}
 
 
-def check_overrides(args: list[str]) -> dict[str, Any]:
-    """Raise a one-line QfiError unless the overrides in ``args`` parse, compose and read into a valid config;
-    every value of a swept key is checked (with the other keys at their first values). Returns the composed
-    config (first values) as a plain dict."""
-    parsed = parsed_overrides(args)
+def compositions(args: list[str]) -> list[dict[str, Any]]:
+    """Every config a command line makes, as plain dicts: the first (every swept key at its first value), then one
+    per further value of each swept key with the others at their first values (the command line's sweeps and the
+    grid a +experiment / +sweep file sets). Raises a one-line QfiError for an unknown group choice or an override
+    that does not compose."""
     choices: list[list[str]] = []
-    for o in parsed:
+    for o in parsed_overrides(args):
         key = o.get_key_element().lstrip("+~")
         values = _values(o)
         if key in GROUPS and not o.is_delete():
@@ -199,31 +205,41 @@ def check_overrides(args: list[str]) -> dict[str, Any]:
                     raise QfiError(f"unknown {GROUPS[key]} {v!r} ({key}=); choose one of: "
                                    f"{', '.join(group_options(key))}")
         if key.startswith("hydra"):
-            choices.append([])
-        elif o.is_delete():
-            choices.append([o.input_line])
-        else:
-            choices.append([f"{o.get_key_element()}={v}" for v in values])
-    first = [c[0] for c in choices if c]
-    composed = _compose(first)
-    RunConfig.from_dict(composed)
-    check_targets(composed)
-    for i, options in enumerate(choices):  # each further value of a swept key, the others at their first value
+            continue
+        choices.append([o.input_line] if o.is_delete() else [f"{o.get_key_element()}={v}" for v in values])
+    first, params = _compose([c[0] for c in choices], sweeper=True)
+    given = {c[0].split("=")[0].lstrip("+~") for c in choices}
+    for key, grid in params.items():  # a config's own grid; the command line's value for a key wins
+        if key not in given:
+            choices.append([f"{key}={v}" for v in _values(parsed_overrides([f"{key}={grid}"])[0])])
+    configs = [_compose([c[0] for c in choices])] if len(choices) > len(given) else [first]
+    for i, options in enumerate(choices):
         for option in options[1:]:
-            other = _compose([option if j == i else c[0] for j, c in enumerate(choices) if c])
-            RunConfig.from_dict(other)
-            check_targets(other)
-    return composed
+            configs.append(_compose([option if j == i else c[0] for j, c in enumerate(choices)]))
+    return configs
 
 
-def fixed_settings(args: list[str]) -> dict[str, Any]:
-    """The settings every point of a sweep shares (flattened dotted keys), without what is swept and without
-    where it runs: a sweep directory keeps them to refuse a later sweep that would mix other rows in."""
-    swept = {o.get_key_element().lstrip("+~") for o in parsed_overrides(args) if o.is_sweep_override()}
-    composed = _compose([a for a in first_values(split_flags(args)[0]) if not a.startswith("hydra")])
-    flat = dict(_flatten(composed))
-    return {k: v for k, v in flat.items()
-            if not any(k == s or k.startswith(s + ".") for s in (*swept, *NOT_FIXED))}
+def check_overrides(args: list[str]) -> list[dict[str, Any]]:
+    """Raise a one-line QfiError unless the overrides in ``args`` parse, compose and read into a valid config, for
+    every value of every swept key (``compositions``). Returns the compositions, the first one first."""
+    configs = compositions(args)
+    for composed in configs:
+        RunConfig.from_dict(composed)
+        check_targets(composed)
+    return configs
+
+
+def fixed_settings(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings every point of a sweep shares (flattened dotted keys, from ``compositions``): what no swept value
+    changes, less where it runs. A sweep directory keeps them to refuse a later sweep that would mix other rows in.
+
+    >>> fixed_settings([{"eval": {"trials": 3}, "seed": 0, "device": "cpu"}, {"eval": {"trials": 3}, "seed": 1}])
+    {'eval.trials': 3}
+    """
+    flats = [dict(_flatten(c)) for c in configs]
+    return {k: v for k, v in flats[0].items()
+            if all(f.get(k, object()) == v for f in flats[1:]) and not any(k == s or k.startswith(s + ".")
+                                                                          for s in NOT_FIXED)}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> Any:

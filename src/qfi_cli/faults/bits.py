@@ -12,7 +12,7 @@ sorted code indices.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -180,14 +180,26 @@ def apply_mask(
     mask = _as_int64(mask, "mask")
     if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= (1 << bits)):
         raise ValueError(f"mask must lie in [0, 2**{bits}), got values in [{int(mask.min())}, {int(mask.max())}]")
-    u = to_unsigned(codes, bits)
+    return from_unsigned(mask_patterns(to_unsigned(codes, bits), mask, mode), bits, signed)
+
+
+def mask_patterns(patterns: Any, mask: Any, mode: str = "flip") -> Any:
+    """Stored bit patterns with the bits of ``mask`` flipped, cleared or set; torch tensors or numpy arrays alike.
+
+    No checks: ``mask`` must lie in the patterns' width (``apply_mask`` is the checked, code-level form).
+
+    >>> mask_patterns(np.array([0b0101, 0b0101]), np.array([0b0011, 0b0011]), "flip").tolist()
+    [6, 6]
+    >>> mask_patterns(torch.tensor([0b0101]), torch.tensor([0b0011]), "stuck0").tolist()
+    [4]
+    """
     if mode == "flip":
-        u = torch.bitwise_xor(u, mask)
-    elif mode == "stuck0":
-        u = torch.bitwise_and(u, torch.bitwise_not(mask))
-    else:
-        u = torch.bitwise_or(u, mask)
-    return from_unsigned(u, bits, signed)
+        return patterns ^ mask
+    if mode == "stuck0":
+        return patterns & ~mask
+    if mode == "stuck1":
+        return patterns | mask
+    raise ValueError(f"mode must be one of {FAULT_MODES}, got {mode!r}")
 
 
 def apply_at(

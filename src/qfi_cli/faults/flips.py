@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from qfi_cli.faults.bits import apply_mask
+from qfi_cli.faults.bits import mask_patterns
 from qfi_cli.quant.encoding import Encoding
 
 
@@ -45,11 +45,22 @@ def write_masked(flat: torch.Tensor, encoding: Encoding, index: torch.Tensor,
     ``stuck1``), or a list of ``(mode, mask)`` pairs applied in order. Costs O(len(index)).
     """
     steps = [(mode, masks)] if isinstance(masks, torch.Tensor) else list(masks)
+    if flat.device.type == "cpu" and not encoding.is_float and flat.dtype in (torch.float32, torch.float64):
+        # the few entries of a trial, in numpy on the tensor's own memory: the same IEEE values, without the
+        # fixed cost of ~20 small torch operations per layer
+        values, at = flat.detach().numpy(), index.cpu().numpy()
+        old = values[at]
+        patterns = encoding.encode(old, at)
+        new = patterns
+        for how, mask in steps:
+            new = mask_patterns(new, mask.cpu().numpy(), how)
+        values[at] = encoding.decode(new, at, dtype=values.dtype)
+        return Written(index.cpu(), torch.from_numpy(old), torch.from_numpy(patterns), torch.from_numpy(new))
     index = index.to(flat.device)
     old = flat[index]
     patterns = encoding.encode(old, index)
     new = patterns
     for how, mask in steps:
-        new = apply_mask(new, mask.to(flat.device), encoding.bits, signed=False, mode=how)
+        new = mask_patterns(new, mask.to(flat.device), how)
     flat[index] = encoding.decode(new, index, dtype=flat.dtype)
     return Written(index, old, patterns, new)

@@ -12,7 +12,8 @@ sensitivity maps and attacks act on the stored bits without knowing the quantize
 
 ``encode(values, index)`` turns values into patterns (int64 in ``[0, 2**bits)``), ``decode(patterns, index)``
 turns patterns back; ``index`` (flat positions) selects the scales of a subset, so a trial touches O(flips)
-entries.
+entries. Integer encodings take torch tensors or numpy arrays alike (numpy is the cheaper way for the few entries a
+trial touches on the CPU) and compute the same IEEE values either way.
 
 >>> import torch
 >>> enc = Encoding(bits=8, scale=torch.tensor(0.5))
@@ -24,9 +25,11 @@ entries.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from qfi_cli.errors import QfiError
@@ -68,30 +71,42 @@ class Encoding:
             return 0, 2**self.bits - 1
         return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
 
-    def _scale_at(self, index: torch.Tensor | None) -> torch.Tensor:
-        """The scale of each entry: broadcastable to the whole tensor, or one per flat position in ``index``."""
-        s = self.scale.detach()
-        if s.numel() == 1:
+    @functools.cached_property
+    def _scale_numpy(self) -> np.ndarray:
+        return self.scale.detach().cpu().numpy()
+
+    def _scale_at(self, index: Any) -> Any:
+        """The scale of each entry: broadcastable to the whole tensor, or one per flat position in ``index`` (a
+        numpy ``index`` gets numpy scales)."""
+        s = self._scale_numpy if isinstance(index, np.ndarray) else self.scale.detach()
+        if s.size == 1 if isinstance(s, np.ndarray) else s.numel() == 1:
             return s.reshape(())
         return s if index is None else s.reshape(-1)[index // self.group]
 
-    def codes(self, values: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    def codes(self, values: Any, index: Any = None) -> Any:
         """Integer codes (int64) of ``values``: ``round(value / scale) + zero_point`` (floats: their bit patterns).
 
         ``values`` is the whole tensor (its own shape) or, with ``index``, the entries at those flat positions.
         """
         if self.is_float:
             return torch.bitwise_and(self._float_bits(values), (1 << self.bits) - 1)
+        if isinstance(values, np.ndarray):  # np.rint, like torch.round, rounds half to even
+            return np.rint(values / self._scale_at(index)).astype(np.int64) + self.zero_point
         return torch.round(values.detach() / self._scale_at(index)).long() + self.zero_point
 
-    def encode(self, values: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, values: Any, index: Any = None) -> Any:
         """Stored bit patterns of ``values`` (int64 in ``[0, 2**bits)``); ``index``: their flat positions."""
-        codes = self.codes(values, index)
-        return torch.bitwise_and(codes, (1 << self.bits) - 1)
+        return self.codes(values, index) & ((1 << self.bits) - 1)
 
-    def decode(self, patterns: torch.Tensor, index: torch.Tensor | None = None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Values of stored bit patterns (the inverse of ``encode``); ``index``: their flat positions."""
+    def decode(self, patterns: Any, index: Any = None, dtype: Any = torch.float32) -> Any:
+        """Values of stored bit patterns (the inverse of ``encode``); ``index``: their flat positions. Numpy
+        patterns (integer encodings) give a numpy array of ``dtype`` (a numpy dtype)."""
+        if isinstance(patterns, np.ndarray):
+            u = patterns.astype(np.int64, copy=False) & ((1 << self.bits) - 1)
+            if self.signed:
+                u = np.where(u >= (1 << (self.bits - 1)), u - (1 << self.bits), u)
+            scale = self._scale_at(index)
+            return ((u - self.zero_point).astype(scale.dtype) * scale).astype(dtype, copy=False)
         u = torch.bitwise_and(patterns.long(), (1 << self.bits) - 1)
         if self.is_float:
             storage, view, bits = FLOAT_FORMATS[self.float_format]
