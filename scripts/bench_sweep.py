@@ -77,13 +77,13 @@ def measure(device: str = "cpu", suffix: str = "") -> tuple[list[dict], dict]:
 
         # Nothing reloaded per point: count the data set loads of one sweep, starting from an empty cache.
         loads = []
-        original = evaluate.load_dataset
-        evaluate.load_dataset = lambda *a, **k: loads.append(a) or original(*a, **k)
+        original = evaluate.load_data
+        evaluate.load_data = lambda *a, **k: loads.append(a) or original(*a, **k)
         evaluate._cached_dataset.cache_clear()
         try:
             sweep()
         finally:
-            evaluate.load_dataset = original
+            evaluate.load_data = original
         summary = (root / "sweep0" / "summary.csv").read_text().splitlines()
         if len(summary) != len(BERS) + 1:
             raise RuntimeError(f"the sweep did not finish its {len(BERS)} points: {summary}")

@@ -150,6 +150,7 @@ def _conditional_q(level: int) -> float:
 
 
 _LEVEL_Q = np.array([_conditional_q(j) for j in range(N_LEVELS)])
+_RAW_DRAWS = 512  # up to this many positions per level come from _uniform_below, more from Generator.integers
 _CHOICE_FRACTION = 16  # above n / 16 positions per level, numpy's choice (Floyd / tail shuffle) is the cheaper way
 
 
@@ -196,12 +197,12 @@ def _distinct_uniform(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
         x = rng.choice(n, size=k, replace=False, shuffle=False).astype(dtype, copy=False)
         x.sort()
         return x
-    x = _uniform_below(rng, n, k, dtype)
-    x.sort()
-    if k > 1 and not (x[1:] != x[:-1]).all():
-        x = _sorted_unique(x)
+    # few positions: raw draws (a small level's cost is Generator.integers' fixed overhead); many: Generator.integers
+    x = _sorted_unique(_uniform_below(rng, n, k, dtype) if k <= _RAW_DRAWS
+                       else rng.integers(0, n, size=k, dtype=dtype))
     while x.size < k:
-        extra = _sorted_unique(_uniform_below(rng, n, k - x.size, dtype))
+        extra = _sorted_unique(_uniform_below(rng, n, k - x.size, dtype) if k - x.size <= _RAW_DRAWS
+                               else rng.integers(0, n, size=k - x.size, dtype=dtype))
         new = ~_in_sorted(x, extra)
         x = np.insert(x, np.searchsorted(x, extra[new]), extra[new])
     return x
