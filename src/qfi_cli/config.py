@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
-from qfi_cli.errors import QfiError
 from qfi_cli.faults.models import FaultConfig
 from qfi_cli.quant.encoding import FLOAT_FORMATS
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
@@ -74,7 +73,7 @@ class QuantConfig:
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, "quant.first_last_bits")
         require(not (self.name == "rquant" and self.per_channel),
-               "rquant quantizes per layer (one range, one zero point): set quant.per_channel=false")
+                "rquant quantizes per layer (one range, one zero point): set quant.per_channel=false")
         return self
 
     def _float_widths(self) -> None:
@@ -107,7 +106,7 @@ class SamConfig:
         require(self.rho >= 0, f"sam.rho must be >= 0, got {self.rho}")
         require(self.eta >= 0, f"sam.eta must be >= 0, got {self.eta}")
         require(not (self.adaptive and self.eta == 0),
-               "sam.eta must be > 0 with ASAM: many quantized weights are exactly 0")
+                "sam.eta must be > 0 with ASAM: many quantized weights are exactly 0")
         return self
 
 
@@ -166,12 +165,12 @@ class TrainConfig:
         require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         require(not (self.nesterov and self.momentum == 0), "train.nesterov=true needs train.momentum > 0")
         require(self.schedule in SCHEDULES,
-               f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+                f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         require(self.grad_clip is None or self.grad_clip > 0, f"train.grad_clip must be > 0 or null, got "
                                                                f"{self.grad_clip}")
         require(self.limit is None or self.limit >= 1, f"train.limit must be >= 1 or null, got {self.limit}")
         require(self.clip_weights is None or self.clip_weights > 0,
-               f"train.clip_weights must be > 0 or null, got {self.clip_weights}")
+                f"train.clip_weights must be > 0 or null, got {self.clip_weights}")
         require(self.sharpness_rho > 0, f"train.sharpness_rho must be > 0, got {self.sharpness_rho}")
         require(self.sharpness_batch >= 1, f"train.sharpness_batch must be >= 1, got {self.sharpness_batch}")
         return self

@@ -42,13 +42,13 @@ from typing import Any
 from rich.console import Console
 
 from qfi_cli.errors import QfiError
-from qfi_cli.layout import ATTACK
+from qfi_cli.layout import ATTACK, BER_CURVE, RERR_CURVE
+from qfi_cli.progress import wide_console
 from qfi_cli.report.attack import collect_attacks, render_attacks, write_attacks
 from qfi_cli.report.collect import (COLUMNS, RESULTS, collect, config_label, factors, pending_points,
                                     swept_keys)
-from qfi_cli.progress import wide_console
 from qfi_cli.report.console import render_failures, render_paired, render_table
-from qfi_cli.report.plots import (BER_CURVE, RERR_CURVE, ber_figure, curve_figure, plot_ber_curve,
+from qfi_cli.report.plots import (ber_figure, curve_figure, plot_ber_curve,
                                   plot_rerr_curve, rerr_figure)
 from qfi_cli.report.study import Estimate, Pair, Study, build_study
 from qfi_cli.report.tables import (PAIRED, PAIRED_COLUMNS, SUMMARY, TABLE_CSV, TABLE_GROUPS, TABLE_MD, Column,

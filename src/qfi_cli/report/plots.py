@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from qfi_cli.io import atomic_write
-from qfi_cli.layout import BER_CURVE, RERR_CURVE
 from qfi_cli.report.collect import RECIPE_KEY
 from qfi_cli.report.study import Config, Study, build_study
 from qfi_cli.report.tables import fmt_p
