@@ -1,7 +1,11 @@
-"""Test helpers: compose the real conf/ tree into a plain dict (what the engine receives)."""
+"""Test helpers: compose the real conf/ tree into a plain dict (what the engine receives); run the real ``qfi``
+entry point in this process."""
 
 from __future__ import annotations
 
+import logging
+import sys
+from pathlib import Path
 from typing import Any
 
 from hydra import compose as hydra_compose
@@ -19,3 +23,35 @@ def compose(overrides: list[str] | None = None) -> dict[str, Any]:
     plain.pop("hydra", None)
     plain["paths"] = {"root": "outputs"}
     return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+
+
+def qfi(capsys, *args: str) -> tuple[int, str]:
+    """Run the real entry point (``qfi_cli.cli.main``) in this process: (exit status, stdout + stderr)."""
+    from qfi_cli import cli
+
+    saved, handlers = sys.argv, logging.root.handlers[:]
+    sys.argv = ["qfi", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = saved
+        logging.root.handlers[:] = handlers  # Hydra's --info sets up logging to this test's (soon closed) stream
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def killed_after(monkeypatch, epochs_done: int) -> None:
+    """The next training run dies (as a SIGKILL would: no model.pt) right after saving epoch ``epochs_done``."""
+    import qfi_cli.engine.train as engine
+
+    real = engine.save_checkpoint
+
+    def save(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        if Path(path).name == "last.pt" and kwargs.get("epoch") == epochs_done:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(engine, "save_checkpoint", save)

@@ -4,36 +4,18 @@ messages that say what is wrong. One parametrized test per section, with every i
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from qfi_cli import cli
 from qfi_cli.io import write_json
+from tests.helpers import killed_after, qfi
 from tests.test_data import write_mnist
 
 TINY = ["train.limit=256", "model.width=4", "device=cpu", "eval.batch_size=450"]
-
-
-def qfi(capsys, *args: str) -> tuple[int, str]:
-    """Run the real entry point (``qfi_cli.cli.main``) in this process: (exit status, stdout + stderr)."""
-    saved, handlers = sys.argv, logging.root.handlers[:]
-    sys.argv = ["qfi", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = saved
-        logging.root.handlers[:] = handlers  # Hydra's --info sets up logging to this test's (soon closed) stream
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def one_line_error(code: int, output: str) -> str:
@@ -50,20 +32,6 @@ def state(path: Path) -> dict[str, torch.Tensor]:
 def same_weights(a: Path, b: Path) -> bool:
     sa, sb = state(a), state(b)
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def killed_after(monkeypatch, epochs_done: int) -> None:
-    """The next training run dies (as a SIGKILL would: no model.pt) right after saving epoch ``epochs_done``."""
-    import qfi_cli.engine.train as engine
-
-    real = engine.save_checkpoint
-
-    def save(path, *args, **kwargs):
-        real(path, *args, **kwargs)
-        if Path(path).name == "last.pt" and kwargs.get("epoch") == epochs_done:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(engine, "save_checkpoint", save)
 
 
 @pytest.fixture
