@@ -137,14 +137,15 @@ def test_same_seed_gives_the_same_flips_and_the_model_is_untouched(trained_digit
 
 def test_attack_reaches_chance_on_the_digits_model_while_random_flips_do_not(trained_digits):
     """The digits fixture model: the search takes it to <= 11% within attack.flips flips; as many random flips
-    leave it near its clean accuracy (mean over trials above 90%: random flips at that count touch ~1e-4 of the
-    bits)."""
+    leave it near its clean accuracy in most trials (median over 20 trials above 90%: a few random flips touch
+    ~1e-4 of the bits, and only the rare trial that hits a top bit of the first layer collapses)."""
     checkpoint, cfg = trained_digits
-    res = attack({**cfg, "attack": {**cfg["attack"], "flips": 40, "random_trials": 5}}, checkpoint)
+    res = attack({**cfg, "attack": {**cfg["attack"], "flips": 40, "random_trials": 20}}, checkpoint)
     n = res["flips_to_target"]
     assert n is not None and res["flips"][n - 1]["accuracy"] <= 0.11 == res["target_accuracy"]
     assert all(f["accuracy"] > 0.11 for f in res["flips"][:n - 1])
-    assert res["random_at_target"]["accuracy_mean"] > 0.9
+    random = res["random"]["accuracies"][res["random"]["counts"].index(n)]
+    assert len(random) == 20 and sorted(random)[10] > 0.9, random
 
 
 def test_cli_writes_attack_json_and_curve_and_says_where_the_data_come_from(trained_digits, in_tmp):
