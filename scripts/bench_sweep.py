@@ -131,18 +131,21 @@ def main() -> None:
     if rows[0]["met"] is False:
         split, evaluation = details["one_sweep_split_seconds"], details["seconds"]["points_eval"]
         notes.append(f"Missed (sweep): one sweep of {split['wall']:.2f} s spent {split['inject_eval_jobs']:.2f} s in "
-                     f"its {len(BERS)} inject_eval jobs (their evaluation alone, on the model loaded once, median: "
+                     f"its one inject_eval job for the {len(BERS)} rates (their evaluation alone, on the model loaded "
+                     "once, median: "
                      f"{evaluation:.2f} s, {evaluation / len(BERS):.2f} s per point"
                      + ("; the rest of the jobs' time is loading the checkpoint and writing results.json"
                         if split["inject_eval_jobs"] > evaluation else "")
                      + f"), {split['aggregate_summary_plot']:.2f} s on "
-                     f"summary.csv + table + ber_curve.png and {split['cli_checks_and_hydra']:.2f} s in the CLI's "
-                     "override check and Hydra, which composes the whole config tree again for every job, twice "
-                     "(the basic sweeper validates each job's config, then the launcher composes it to run it); the "
-                     "data set is loaded "
-                     f"{details['dataset_loads_per_sweep']} time(s). That fixed cost does not grow with the test "
-                     "set, so it weighs on tiny sweeps like this one and little on large test sets. Evaluating all "
-                     "BERs of one model in one job (one compose, one checkpoint load) would get there (app.py/cli.py).")
+                     f"summary.csv + tables + the two PNG plots and {split['cli_checks_and_hydra']:.2f} s in the "
+                     "CLI's override check and Hydra, which composes the whole config tree for the sweep and again "
+                     "for its job, twice (the basic sweeper validates the job's config, then the launcher composes "
+                     "it to run it); the data set is loaded "
+                     f"{details['dataset_loads_per_sweep']} time(s). The rates are already one job (one compose, one "
+                     "checkpoint load); the rest is a fixed cost that does not grow with the test set, so it weighs "
+                     "on tiny sweeps like this one and little on large test sets. What would get there: a sweeper "
+                     "that skips Hydra's second composition of each job, and cheaper plots (matplotlib's "
+                     "constrained layout took about half of their time in a profile).")
     bc.record("5_sweep", "sweep", rows, details, notes)
 
 

@@ -243,6 +243,11 @@ def test_report_flips_to_target_over_seeds_with_censoring_and_failures(tmp_path)
     body = list(csv.DictReader(open(tmp_path / "table.csv")))
     assert [r["recipe"] for r in body] == ["normal", "randbet"]
     assert float(body[0]["flips_to_target"]) == 8.0 and body[1]["flips_to_target_lower_bound"] == "yes"
+    # attacks only: the caption and the seed counts are the attacks', not those of (absent) random-error rows
+    assert [r["seeds"] for r in body] == ["3", "2"] and "trials" not in body[0]
+    assert body[0]["ci"] == "95% CI: bootstrap percentile (10,000 resamples) over training seeds"
+    assert table.startswith("# Robustness to worst-case bit flips") and "random fault patterns" not in table
+    assert "ΔRErr" not in table and "mean over its 2 to 3 training seeds" in table
 
 
 def test_report_mixes_random_error_rows_and_attacks(tmp_path):

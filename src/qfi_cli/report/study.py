@@ -107,9 +107,19 @@ class Study:
     def cell(self, config: Config, ber: float) -> Cell | None:
         return self.cells.get((config.key, ber))
 
+    def seeds(self, config: Config) -> set:
+        """The training seeds behind a configuration: those of its cells and of its attacks."""
+        return ({s for c in self.cells.values() if c.config == config for s in c.seeds}
+                | {r["_seed"] for r in self.attacks.get(config.key, []) if r.get("_seed") is not None})
+
     def seed_counts(self) -> list[int]:
-        """The number of training seeds of each configuration (over its cells)."""
-        return [len({s for c in self.cells.values() if c.config == cfg for s in c.seeds}) for cfg in self.configs]
+        """The number of training seeds of each configuration (over its cells and attacks)."""
+        return [len(self.seeds(cfg)) for cfg in self.configs]
+
+    @property
+    def random_errors(self) -> bool:
+        """Whether the study holds random-error evaluations (results.json), not only attacks."""
+        return bool(self.cells)
 
     def pair(self, factor: str, baseline: Any, config: Config, ber: float) -> Pair | None:
         """The paired difference of ``config`` from the configuration with ``factor`` = ``baseline``."""

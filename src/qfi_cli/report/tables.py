@@ -138,7 +138,7 @@ def _cells(study: Study, config: Config) -> list:
 def seed_columns(study: Study) -> tuple[list[Column], list[str]]:
     """How many training seeds and trials stand behind a row."""
     def seeds(c: Config) -> tuple[str, tuple]:
-        n = len({s for cell in _cells(study, c) for s in cell.seeds})
+        n = len(study.seeds(c))
         return str(n), (n,)
 
     def trials(c: Config) -> tuple[str, tuple]:
@@ -146,7 +146,8 @@ def seed_columns(study: Study) -> tuple[list[Column], list[str]]:
         text = "" if not values else str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
         return text, (text,)
 
-    return [Column("seeds", ("seeds",), seeds), Column("trials", ("trials",), trials)], []
+    columns = [Column("seeds", ("seeds",), seeds)]
+    return columns + ([Column("trials", ("trials",), trials)] if study.random_errors else []), []
 
 
 def clean_columns(study: Study) -> tuple[list[Column], list[str]]:
@@ -217,6 +218,8 @@ def baseline_columns(study: Study) -> tuple[list[Column], list[str]]:
                       (name, f"{name}_low", f"{name}_high", f"{name}_excludes_0"), cell)
 
     columns = [column(ber) for ber in study.bers if ber > 0]
+    if not columns:
+        return [], []
     seeds = sorted({p.seeds for p in study.pairs if p.factor == RECIPE_KEY})
     legend = [f"ΔRErr vs normal: paired difference recipe - normal in percentage points (negative: fewer robust "
               f"errors than normal), at the same other factor values, pairing each training seed with the same "
@@ -250,9 +253,10 @@ def study_columns(study: Study, groups: list[ColumnGroup] | None = None) -> tupl
 def _describe(study: Study, rows: list[dict[str, Any]]) -> dict[str, str]:
     """Facts for the caption: what was evaluated, trials, seeds, fault seeds, failures."""
     ok = [r for r in rows if r.get("status") == "ok"]
+    named = ok + [r for attack_rows in study.attacks.values() for r in attack_rows]  # attacks name models too
 
     def names(key: str) -> str:
-        return " / ".join(sorted({str(r[key]) for r in ok if r.get(key) is not None}))
+        return " / ".join(sorted({str(r[key]) for r in named if r.get(key) is not None}))
 
     trials = sorted({r["trials"] for r in ok})
     seeds = sorted(set(study.seed_counts()))
@@ -277,6 +281,10 @@ def caption(study: Study, rows: list[dict[str, Any]]) -> str:
     warn = (" With 2 or 3 seeds the seed level of the interval spans the seeds' range (it holds a symmetric "
             "seed distribution's mean with probability 1 - 2^(1-seeds)): read it as a spread, not a guarantee."
             if few else "")
+    if not study.random_errors and study.attacks:
+        return (f"Worst-case bit flips (qfi attack) against {d['what']}: each row is a configuration, its numbers "
+                f"the mean over its {d['seeds']} training seed{'' if d['seeds'] == '1' else 's'} with the 95% CI "
+                f"in brackets ({describe_seed_ci()}).{warn}")
     return (f"Clean error and robust error (RErr, %) of {d['what']} under random bit errors at rate p (each "
             f"stored weight bit flips independently with probability p); {d['trials']} random fault patterns "
             f"(trials) per p, {d['faults']}; each row is a configuration, its numbers the mean over its "
@@ -294,7 +302,8 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
     root = Path(sweep_dir)
     columns, legend = study_columns(study, groups)
     cells = [[col.cell(c) for col in columns] for c in study.configs]
-    lines = ["# Robustness to random bit errors", "", caption(study, rows), ""]
+    title = "random bit errors" if study.random_errors or not study.attacks else "worst-case bit flips"
+    lines = [f"# Robustness to {title}", "", caption(study, rows), ""]
     if study.configs:
         lines.append("| " + " | ".join(_md_escape(col.header) for col in columns) + " |")
         lines.append("|" + "|".join(":---" if col.left else "---:" for col in columns) + "|")
@@ -306,7 +315,7 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
     lines += [""] + [f"- {_md_escape(line)}" for line in extra] if extra else []
     md = atomic_write(root / TABLE_MD, lambda f: f.write("\n".join(lines) + "\n"), mode="w")
     header = [name for col in columns for name in col.csv] + ["ci"]
-    ci = describe_ci(study.seed_counts() or [1])
+    ci = describe_ci(study.seed_counts() or [1]) if study.random_errors or not study.attacks else describe_seed_ci()
     body = [[v for _, values in line for v in values] + [ci] for line in cells]
     return md, _write_csv(root / TABLE_CSV, header, body)
 
