@@ -117,9 +117,9 @@ class Study:
         return [len(self.seeds(cfg)) for cfg in self.configs]
 
     @property
-    def random_errors(self) -> bool:
-        """Whether the study holds random-error evaluations (results.json), not only attacks."""
-        return bool(self.cells)
+    def attacks_only(self) -> bool:
+        """Whether the study holds attacks (attack.json) and no random-error evaluation (results.json)."""
+        return bool(self.attacks) and not self.cells
 
     def pair(self, factor: str, baseline: Any, config: Config, ber: float) -> Pair | None:
         """The paired difference of ``config`` from the configuration with ``factor`` = ``baseline``."""

@@ -147,7 +147,7 @@ def seed_columns(study: Study) -> tuple[list[Column], list[str]]:
         return text, (text,)
 
     columns = [Column("seeds", ("seeds",), seeds)]
-    return columns + ([Column("trials", ("trials",), trials)] if study.random_errors else []), []
+    return columns + ([] if study.attacks_only else [Column("trials", ("trials",), trials)]), []
 
 
 def clean_columns(study: Study) -> tuple[list[Column], list[str]]:
@@ -281,7 +281,7 @@ def caption(study: Study, rows: list[dict[str, Any]]) -> str:
     warn = (" With 2 or 3 seeds the seed level of the interval spans the seeds' range (it holds a symmetric "
             "seed distribution's mean with probability 1 - 2^(1-seeds)): read it as a spread, not a guarantee."
             if few else "")
-    if not study.random_errors and study.attacks:
+    if study.attacks_only:
         return (f"Worst-case bit flips (qfi attack) against {d['what']}: each row is a configuration, its numbers "
                 f"the mean over its {d['seeds']} training seed{'' if d['seeds'] == '1' else 's'} with the 95% CI "
                 f"in brackets ({describe_seed_ci()}).{warn}")
@@ -302,7 +302,7 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
     root = Path(sweep_dir)
     columns, legend = study_columns(study, groups)
     cells = [[col.cell(c) for col in columns] for c in study.configs]
-    title = "random bit errors" if study.random_errors or not study.attacks else "worst-case bit flips"
+    title = "worst-case bit flips" if study.attacks_only else "random bit errors"
     lines = [f"# Robustness to {title}", "", caption(study, rows), ""]
     if study.configs:
         lines.append("| " + " | ".join(_md_escape(col.header) for col in columns) + " |")
@@ -315,7 +315,7 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
     lines += [""] + [f"- {_md_escape(line)}" for line in extra] if extra else []
     md = atomic_write(root / TABLE_MD, lambda f: f.write("\n".join(lines) + "\n"), mode="w")
     header = [name for col in columns for name in col.csv] + ["ci"]
-    ci = describe_ci(study.seed_counts() or [1]) if study.random_errors or not study.attacks else describe_seed_ci()
+    ci = describe_seed_ci() if study.attacks_only else describe_ci(study.seed_counts() or [1])
     body = [[v for _, values in line for v in values] + [ci] for line in cells]
     return md, _write_csv(root / TABLE_CSV, header, body)
 
