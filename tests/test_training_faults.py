@@ -191,3 +191,28 @@ def test_every_recipe_composes_and_trains_one_epoch(recipe, tmp_path):
     if rc.train.clip_weights:
         assert all(v.abs().max() <= np.float32(rc.train.clip_weights)
                    for k, v in saved["state_dict"].items() if k.endswith("weight") and v.dim() > 1)
+
+
+@pytest.mark.slow
+def test_the_cifar10_study_runs_end_to_end_on_tiny_cifar_files(in_tmp, capsys):
+    """`+experiment=robustness_cifar10`: SimpleNet (group norm) on CIFAR-10 files in the release format, recipes x
+    training seeds (a narrowed grid), every rate of the experiment, then the study table and paired differences."""
+    import csv
+
+    from tests.helpers import qfi
+    from tests.test_data import write_cifar
+
+    write_cifar(in_tmp / "data", "cifar10", np.random.default_rng(0), per_file=4)
+    code, out = qfi(capsys, "sweep", "--train", "+experiment=robustness_cifar10", "data.root=data", "--out", "study",
+                    "recipe=normal,randbet", "seed=0,1", "quant.wbits=8", "train.epochs=1", "eval.trials=2",
+                    "device=cpu")
+    assert code == 0, out
+    models = sorted((in_tmp / "study" / "models").glob("*/model.pt"))
+    assert len(models) == 4
+    saved = torch.load(models[0], weights_only=True)["config"]
+    assert (saved["model"]["name"], saved["model"]["norm"], saved["data"]["name"]) == ("simplenet", "group", "cifar10")
+    rows = list(csv.DictReader(open(in_tmp / "study" / "summary.csv")))
+    assert len(rows) == 4 * 5 and all(r["status"] == "ok" for r in rows)
+    table = list(csv.DictReader(open(in_tmp / "study" / "table.csv")))
+    assert [(r["recipe"], r["seeds"]) for r in table] == [("normal", "2"), ("randbet", "2")]
+    assert table[1]["drerr_vs_normal_pp@0.01"] != "" and (in_tmp / "study" / "paired.csv").is_file()
