@@ -14,6 +14,9 @@ from omegaconf import OmegaConf
 
 from qfi_cli.paths import conf_dir
 
+SWEEP_TRAIN = ["train.epochs=1", "train.limit=128", "model.width=4", "device=cpu"]
+"""Overrides that make each model of a ``qfi sweep --train`` test tiny (one short epoch, a narrow digits_cnn)."""
+
 
 def compose(overrides: list[str] | None = None) -> dict[str, Any]:
     """The composed config for ``overrides`` as a plain dict, without Hydra's own node."""

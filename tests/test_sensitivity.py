@@ -33,7 +33,7 @@ from qfi_cli.models import build_model
 from qfi_cli.quant import QUANTIZERS, QuanLinear, float_encoding, frozen_weights, quantize_model, quantized_layers
 from qfi_cli.quant.quantizers import MinMaxQuantizer
 from tests.conftest import tiny_cnn
-from tests.helpers import compose
+from tests.helpers import SWEEP_TRAIN, compose
 
 ALPHA = 1e-6
 runner = CliRunner()
@@ -415,8 +415,7 @@ def test_cli_sensitivity_and_replay(trained_digits, in_tmp):
 def test_sweep_puts_int8_beside_fp16_and_bf16(in_tmp):
     out = in_tmp / "formats"
     result = runner.invoke(app, ["sweep", "--train", "--bers", "1e-3,1e-2", "--trials", "2", "--out", str(out),
-                                 "quant=lsq,fp16,bf16", "train.epochs=1", "train.limit=128", "model.width=4",
-                                 "device=cpu"])
+                                 "quant=lsq,fp16,bf16", *SWEEP_TRAIN])
     assert result.exit_code == 0, result.output
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qfi_cli.cli import app
+from tests.helpers import SWEEP_TRAIN
 
 runner = CliRunner()
 BERS = "1e-4,1e-3,1e-2"
@@ -111,8 +112,7 @@ def test_failing_point_does_not_end_the_sweep(trained_digits, in_tmp):
 def test_sweep_trains_each_model_once(in_tmp):
     out = in_tmp / "s"
     result = runner.invoke(app, ["sweep", "--train", "--bers", "1e-3,1e-2", "--trials", "2", "--out", str(out),
-                                 "quant.wbits=4,8", "train.epochs=1", "train.limit=128", "model.width=4",
-                                 "device=cpu"])
+                                 "quant.wbits=4,8", *SWEEP_TRAIN])
     assert result.exit_code == 0, result.output
     models = sorted(out.glob("models/*/model.pt"))
     assert len(models) == 2
@@ -121,8 +121,7 @@ def test_sweep_trains_each_model_once(in_tmp):
     stamps = [m.stat().st_mtime_ns for m in models]
     shutil.rmtree(out / "quant.wbits=4" / "fault.ber=0.01")
     assert runner.invoke(app, ["sweep", "--train", "--bers", "1e-3,1e-2", "--trials", "2", "--out", str(out),
-                               "quant.wbits=4,8", "train.epochs=1", "train.limit=128", "model.width=4",
-                               "device=cpu"]).exit_code == 0
+                               "quant.wbits=4,8", *SWEEP_TRAIN]).exit_code == 0
     assert [m.stat().st_mtime_ns for m in models] == stamps, "models must not be retrained"
 
 
