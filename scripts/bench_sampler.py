@@ -1,8 +1,10 @@
 """Item 1: exact bit-error sampling on 11.2 M int8 codes (ResNet-18 sized) against a dense draw and a clone.
 
 qfi's path is everything that turns clean codes into faulty ones: the nested sparse sampler
-(``NestedBitSampler(...).positions(ber)``, a fresh stream per repeat), ``positions_to_masks`` and ``apply_mask``
-on a copy of the codes. The dense reference draws one uniform per bit (float32, as Stutz et al.'s code does with
+(``NestedBitSampler(...).positions(ber)``, a fresh stream per repeat), then on a copy of the codes the faulty
+bits' masks and their XOR into the stored patterns, with the primitives a trial uses (``positions_to_masks_np``
+and ``mask_patterns`` on the codes' numpy view on the CPU; ``positions_to_masks`` and ``apply_mask`` in torch on
+CUDA). The dense reference draws one uniform per bit (float32, as Stutz et al.'s code does with
 ``torch.rand``), compares it with the rate, packs the 8 bits of each code into an XOR mask and applies it. The
 floor is ``codes.clone()``: any path that returns faulty codes without touching the clean ones copies them.
 For the notes (no row), the sampler alone (``positions(ber)`` on a fresh stream) is timed with them.
@@ -13,10 +15,11 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
 
 import _bench_common as bc
-from qfi_cli.faults.bits import apply_mask, positions_to_masks
+from qfi_cli.faults.bits import apply_mask, mask_patterns, positions_to_masks, positions_to_masks_np
 from qfi_cli.faults.sampler import NestedBitSampler, level_bounds, level_of, stream_key
 
 N_CODES = 11_200_000  # ResNet-18's ~11.2 M weights, one int8 code each
@@ -28,7 +31,11 @@ DENSE_CHUNK = 1 << 21  # codes per dense chunk (bounds the dense path's memory t
 def qfi_faulty(codes: torch.Tensor, ber: float, trial: int) -> torch.Tensor:
     pos = NestedBitSampler(codes.numel() * BITS, stream_key(0, trial, "bench")).positions(ber)
     out = codes.clone()
-    if pos.size:
+    if pos.size and codes.device.type == "cpu":  # as a trial on the CPU: the few entries in numpy
+        idx, mask = positions_to_masks_np(pos, BITS)
+        stored = out.numpy().view(np.uint8)  # the int8 codes' stored two's-complement patterns
+        stored[idx] = mask_patterns(stored[idx], mask.astype(np.uint8), "flip")
+    elif pos.size:
         idx, mask = positions_to_masks(pos, BITS)
         idx, mask = idx.to(codes.device), mask.to(codes.device)
         out[idx] = apply_mask(out[idx], mask, BITS, signed=True).to(out.dtype)
@@ -78,7 +85,7 @@ def main() -> None:
     print("bench 1: bit-error sampling on 11.2 M int8 codes")
     rows, details = measure("cpu")
     top = details["seconds"][f"{BERS[-1]:g}"]
-    notes = [f"Sampling: qfi = nested sparse sampler + positions_to_masks + apply_mask on a copy of "
+    notes = [f"Sampling: qfi = nested sparse sampler + positions_to_masks_np + mask_patterns (XOR) on a copy of "
              f"{N_CODES / 1e6:.1f} M int8 codes; dense = one float32 `torch.rand` per bit, compare, pack, XOR "
              f"(Stutz et al.); floor = `codes.clone()`. At ber {bc.ber(BERS[-1])}, "
              f"{top['codes_changed'] / N_CODES:.1%} of the codes changed in this run, so no target applies there."]
@@ -96,7 +103,7 @@ def main() -> None:
                      f"2^{math.log2(upper):.0f}, {upper / ber:.2f} times the flips in expectation, then sorts and "
                      "merges them; the copy (`clone()` alone) took "
                      f"{bc.ms(sec['clone'])}"
-                     + (f" and the O(flips) torch work (gather, apply_mask in int64, scatter) the remaining "
+                     + (f" and the O(flips) work (masks, gather, XOR, scatter) the remaining "
                         f"{bc.ms(rest)}" if rest > 0 else "")
                      + ". A finer ladder or drawing positions as int32 end to end would get there.")
     bc.record("1_sampler", "bit-error sampling", rows, details, notes)

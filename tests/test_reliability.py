@@ -101,9 +101,9 @@ def test_nan_logits_count_as_wrong_and_are_reported(trained_digits, monkeypatch)
     def poisoned(self, name, flat, *args, **kwargs):  # the last layer's weights all NaN in every trial (undone after)
         if name != self.layers[-1][0]:
             return original(self, name, flat, *args, **kwargs)
-        clean = flat.clone()
-        flat.fill_(float("nan"))
-        return torch.arange(flat.numel()), clean
+        clean = flat.copy()  # a trial hands in the frozen weight's numpy view
+        flat.fill(float("nan"))
+        return flat, slice(None), clean
 
     monkeypatch.setattr(FaultInjector, "_fault_entries", poisoned)
     run_cfg = copy.deepcopy(cfg)

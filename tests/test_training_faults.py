@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from qfi_cli.config import RunConfig
 from qfi_cli.engine.train import TrainingFaults, clip_weights, train
 from qfi_cli.faults.bits import apply_mask, positions_to_masks
-from qfi_cli.faults.injector import TRAIN
+from qfi_cli.faults.injector import TRAIN, WEIGHTS
 from qfi_cli.faults.sampler import NestedBitSampler, stream_key
 from qfi_cli.optim import SAM
 from qfi_cli.quant import QuanConv2d, calibrate, quantize_model, quantized_layers
@@ -68,17 +68,23 @@ def test_both_sam_passes_of_a_step_share_its_pattern(monkeypatch, tmp_path):
     assert len({conv1[2 * k] for k in range(4)}) == 4
 
 
-def _faulty_by_hand(layer, name, seed, step, ber):
-    """Step ``step``'s faulty Q(w) of ``layer``, computed from the sampler and the bit semantics directly."""
-    value, enc = layer.quantize_weight_clean()
-    flat = value.detach().reshape(-1).clone()
-    n_bits = flat.numel() * layer.wbits
-    pos = NestedBitSampler(n_bits, stream_key(seed, step, name + TRAIN, 0)).positions(ber)
-    index, mask = positions_to_masks(np.asarray(pos), layer.wbits)
-    codes = enc.codes(flat[index], index)
-    new = apply_mask(codes, mask, layer.wbits, enc.signed)
-    flat[index] = (new - enc.zero_point).to(flat.dtype) * enc.scale.reshape(())
-    return flat.view_as(value)
+def _faulty_by_hand(layers, seed, step, ber):
+    """Step ``step``'s faulty Q(w) of every layer, computed from the sampler and the bit semantics directly: one
+    stream over all layers' weight bits laid end to end in layer order."""
+    clean = [m.quantize_weight_clean() for _, m in layers]
+    sizes = [value.numel() * m.wbits for (_, m), (value, _) in zip(layers, clean)]
+    pos = NestedBitSampler(sum(sizes), stream_key(seed, step, WEIGHTS + TRAIN, 0)).positions(ber)
+    out, start = {}, 0
+    for (name, layer), (value, enc), size in zip(layers, clean, sizes):
+        flat = value.detach().reshape(-1).clone()
+        mine = pos[(pos >= start) & (pos < start + size)] - start
+        start += size
+        index, mask = positions_to_masks(np.asarray(mine), layer.wbits)
+        codes = enc.codes(flat[index], index)
+        new = apply_mask(codes, mask, layer.wbits, enc.signed)
+        flat[index] = (new - enc.zero_point).to(flat.dtype) * enc.scale.reshape(())
+        out[name] = flat.view_as(value)
+    return out
 
 
 def test_randbet_loss_is_clean_plus_faulty_loss_by_hand(batch):
@@ -102,7 +108,7 @@ def test_randbet_loss_is_clean_plus_faulty_loss_by_hand(batch):
 
     layers = quantized_layers(reference)
     clean = {n: m.quantize_weight_clean()[0].detach() for n, m in layers}
-    faulty = {n: _faulty_by_hand(m, n, seed=7, step=3, ber=0.05) for n, m in layers}
+    faulty = _faulty_by_hand(layers, seed=7, step=3, ber=0.05)
     assert any(not torch.equal(clean[n], faulty[n]) for n, _ in layers)
 
     def loss_at(weights, grad_of=None):

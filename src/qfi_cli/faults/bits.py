@@ -117,7 +117,8 @@ def positions_to_masks(
     bits = _check_bits(bits_per_code)
     chosen = _check_bit_positions(bit_positions, bits)
     if isinstance(positions, np.ndarray) and positions.ndim == 1 and positions.dtype.kind in "iu":
-        return _positions_to_masks_np(positions.astype(np.int64, copy=False), bits, chosen)
+        code_index, mask = positions_to_masks_np(positions, bits, chosen)
+        return torch.from_numpy(code_index), torch.from_numpy(mask)
     pos = _as_int64(positions, "positions").reshape(-1)
     if pos.numel() > 1 and not bool((pos[1:] > pos[:-1]).all()):
         pos = torch.unique(pos)  # sorted and distinct: a repeated position must not double-flip
@@ -139,8 +140,16 @@ def positions_to_masks(
     return code_index, mask
 
 
-def _positions_to_masks_np(pos: np.ndarray, bits: int, chosen: Optional[list[int]]) -> tuple[torch.Tensor, ...]:
-    """numpy twin of the torch path above for the sampler's output (a segmented OR with ``reduceat``)."""
+def positions_to_masks_np(pos: np.ndarray, bits: int,
+                          chosen: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """``positions_to_masks`` in numpy, for the sampler's output (a segmented OR with ``reduceat``); no checks of
+    ``bits`` and ``chosen``.
+
+    >>> idx, mask = positions_to_masks_np(np.array([0, 3, 9, 15]), 8)
+    >>> idx.tolist(), mask.tolist()
+    ([0, 1], [9, 130])
+    """
+    pos = pos.astype(np.int64, copy=False)
     if pos.size > 1 and not (pos[1:] > pos[:-1]).all():
         pos = np.unique(pos)
     if pos.size and pos[0] < 0:
@@ -150,10 +159,12 @@ def _positions_to_masks_np(pos: np.ndarray, bits: int, chosen: Optional[list[int
     if chosen is not None:
         bit = np.asarray(chosen, dtype=np.int64)[bit]
     if not pos.size:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    single = np.left_shift(1, bit)
+    if code.size == 1 or (code[1:] != code[:-1]).all():  # one bit per code, the usual case at small rates
+        return code, single
     starts = np.flatnonzero(np.concatenate(([True], code[1:] != code[:-1])))
-    mask = np.bitwise_or.reduceat(np.left_shift(1, bit), starts)
-    return torch.from_numpy(code[starts]), torch.from_numpy(mask)
+    return code[starts], np.bitwise_or.reduceat(single, starts)
 
 
 def apply_mask(

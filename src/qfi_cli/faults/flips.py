@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from qfi_cli.faults.bits import mask_patterns
@@ -45,16 +46,10 @@ def write_masked(flat: torch.Tensor, encoding: Encoding, index: torch.Tensor,
     ``stuck1``), or a list of ``(mode, mask)`` pairs applied in order. Costs O(len(index)).
     """
     steps = [(mode, masks)] if isinstance(masks, torch.Tensor) else list(masks)
-    if flat.device.type == "cpu" and not encoding.is_float and flat.dtype in (torch.float32, torch.float64):
-        # the few entries of a trial, in numpy on the tensor's own memory: the same IEEE values, without the
-        # fixed cost of ~20 small torch operations per layer
-        values, at = flat.detach().numpy(), index.cpu().numpy()
-        old = values[at]
-        patterns = encoding.encode(old, at)
-        new = patterns
-        for how, mask in steps:
-            new = mask_patterns(new, mask.cpu().numpy(), how)
-        values[at] = encoding.decode(new, at, dtype=values.dtype)
+    if numpy_writable(flat, encoding):
+        at = index.cpu().numpy()
+        old, patterns, new = write_masked_np(flat.detach().numpy(), encoding, at,
+                                             [(how, mask.cpu().numpy()) for how, mask in steps])
         return Written(index.cpu(), torch.from_numpy(old), torch.from_numpy(patterns), torch.from_numpy(new))
     index = index.to(flat.device)
     old = flat[index]
@@ -64,3 +59,46 @@ def write_masked(flat: torch.Tensor, encoding: Encoding, index: torch.Tensor,
         new = mask_patterns(new, mask.to(flat.device), how)
     flat[index] = encoding.decode(new, index, dtype=flat.dtype)
     return Written(index, old, patterns, new)
+
+
+def numpy_writable(flat: torch.Tensor, encoding: Encoding) -> bool:
+    """Whether ``write_masked_np`` can change ``flat`` through its numpy view: a CPU float tensor of integer codes.
+
+    >>> from qfi_cli.quant.encoding import FP32
+    >>> numpy_writable(torch.zeros(3), Encoding(bits=8, scale=torch.tensor(1.0))), numpy_writable(torch.zeros(3), FP32)
+    (True, False)
+    """
+    return flat.device.type == "cpu" and not encoding.is_float and flat.dtype in (torch.float32, torch.float64)
+
+
+def writable(flat: torch.Tensor | np.ndarray, encoding: Encoding) -> torch.Tensor | np.ndarray:
+    """``flat``'s numpy view where ``numpy_writable`` allows it (it shares ``flat``'s memory), else ``flat``.
+
+    >>> from qfi_cli.quant.encoding import FP32
+    >>> type(writable(torch.zeros(3), Encoding(bits=8, scale=torch.tensor(1.0)))).__name__, writable(torch.zeros(1), FP32)
+    ('ndarray', tensor([0.]))
+    """
+    if isinstance(flat, np.ndarray):
+        return flat
+    return flat.detach().numpy() if numpy_writable(flat, encoding) else flat
+
+
+def write_masked_np(values: np.ndarray, encoding: Encoding, at: np.ndarray,
+                    steps: Sequence[tuple[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``write_masked`` on a numpy view (``numpy_writable`` tensors): the few entries of a trial without the fixed
+    cost of ~20 small torch operations, and the same IEEE values. Returns ``(old values, patterns, new patterns)``.
+
+    >>> from qfi_cli.quant.encoding import Encoding
+    >>> values = np.array([1.5, -0.5], dtype=np.float32)
+    >>> old, patterns, new = write_masked_np(values, Encoding(bits=8, scale=torch.tensor(0.5)), np.array([0]),
+    ...                                      [("flip", np.array([128]))])
+    >>> values.tolist(), old.tolist(), patterns.tolist(), new.tolist()
+    ([-62.5, -0.5], [1.5], [3], [131])
+    """
+    old = values[at]
+    patterns = encoding.encode(old, at)
+    new = patterns
+    for how, mask in steps:
+        new = mask_patterns(new, mask, how)
+    values[at] = encoding.decode(new, at, dtype=values.dtype)
+    return old, patterns, new

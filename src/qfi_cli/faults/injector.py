@@ -11,9 +11,11 @@ both:
   corrupts a copy of the quantized tensor and returns ``x_faulted.detach() + (x_q - x_q.detach())``: the forward sees
   the faults, the backward the gradient of the clean quantized value (the seed's rule 1).
 
-Patterns come from ``qfi_cli.faults.sampler``: trial ``t``'s pattern depends only on (seed, t, layer, draw) and
-the rate, and is nested across rates; ``step(k)`` gives training step ``k`` its own pattern (reproducible from
-(seed, k)), the same for every forward inside it (both passes of a SAM step). The bits of an entry are its stored
+Patterns come from ``qfi_cli.faults.sampler``: trial ``t``'s weight pattern at a rate comes from one stream over
+the exposed bits of all selected layers laid end to end (one sampler call per trial), depends only on (seed, t,
+draw), those layers' sizes and the rate, and is nested across rates (activations: one stream per layer);
+``step(k)`` gives training step ``k`` its own pattern (reproducible from (seed, k)), the same for every forward
+inside it (both passes of a SAM step). The bits of an entry are its stored
 pattern as its ``Encoding`` says (two's-complement or unsigned integer codes, or IEEE float bits). ``fault=replay``
 and ``fault=profile`` take their faulty bits from a file instead (``qfi_cli.faults.replay``, ``.profile``).
 
@@ -33,8 +35,8 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.faults.bits import n_exposed_bits, positions_to_masks
-from qfi_cli.faults.flips import write_masked
+from qfi_cli.faults.bits import n_exposed_bits, positions_to_masks_np
+from qfi_cli.faults.flips import numpy_writable, writable, write_masked, write_masked_np
 from qfi_cli.faults.models import FaultConfig, ProtectRule
 from qfi_cli.faults.sampler import NestedBitSampler, sample_fixed_count, stream_key
 from qfi_cli.quant.encoding import Encoding
@@ -43,8 +45,12 @@ from qfi_cli.quant.layers import QuantizedLayerMixin, quantized_layers
 _POPCOUNT8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 _POPCOUNT8_ON: dict[torch.device, torch.Tensor] = {}
 ACT = ":act"  # suffix of an activation stream's layer key
+WEIGHTS = "<weights>"  # key of a trial's one stream for the weight bits of all selected layers together
 TRAIN = "@train"  # suffix of a training step's layer key (keeps training patterns apart from evaluation trials)
 Masks = list[tuple[str, torch.Tensor]]  # (mode, mask) pairs, each mask aligned with one code index tensor
+NpMasks = list[tuple[str, np.ndarray]]  # the same, as numpy arrays
+_NO_ENTRIES = np.zeros(0, dtype=np.int64)
+_NO_ENTRIES.flags.writeable = False
 Recorder = Callable[[str, torch.Tensor, Masks, int], None]  # (layer key, code index, masks, bits)
 
 
@@ -88,6 +94,13 @@ def merge_faults(parts: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> tup
     return index, masks
 
 
+def _popcount_np(u: np.ndarray, bits: int) -> int:
+    """``popcount`` of a numpy array of patterns."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2: one vectorised instruction
+        return int(np.bitwise_count(u).sum())
+    return popcount(torch.from_numpy(u), bits)
+
+
 def _straight_through(x_q: torch.Tensor, x_f: torch.Tensor) -> torch.Tensor:
     """Forward value ``x_f``, gradient of ``x_q``."""
     return x_f + (x_q - x_q.detach()) if x_q.requires_grad else x_f
@@ -120,6 +133,9 @@ class FaultInjector:
         self._forwards = 0
         self._hold = False
         self._samplers: dict[tuple, NestedBitSampler] = {}
+        self._split: dict[tuple, dict[str, np.ndarray]] = {}  # (trial, draw, ber) -> layer -> its weight bits
+        self._layout: tuple[list[str], np.ndarray] | None = None
+        self._targets: dict[str, tuple[torch.Tensor, torch.Tensor | np.ndarray]] = {}  # see _frozen_target
         self._counted: dict[tuple, dict[str, np.ndarray]] = {}
         self._count_samplers: dict[tuple, dict[str, NestedBitSampler]] = {}
         self.flips: dict[str, int] = {}
@@ -182,6 +198,7 @@ class FaultInjector:
         for _, m in self.layers:
             m.weight_fault = None
             m.input_fault = None
+        self._targets.clear()
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -241,17 +258,28 @@ class FaultInjector:
         the faulty bits of a lower rate are a subset of a higher rate's.
         """
         self.set_trial(trial, ber, count)
-        undo: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        undo: list[tuple] = []
         try:
             if self._targets_weights and self.config.persistence == "trial" and self.active(training=False):
                 for name, m in self.layers:
                     if m.frozen_weight is not None:
-                        flat = m.frozen_weight.view(-1)
-                        undo.append((flat, *self._fault_entries(name, flat, m.frozen_encoding, m.wbits, False)))
+                        written = self._fault_entries(name, self._frozen_target(name, m), m.frozen_encoding,
+                                                      m.wbits, False)
+                        if written is not None:
+                            undo.append(written)
             yield
         finally:
-            for flat, index, old in reversed(undo):
-                flat[index] = old
+            for target, index, old in reversed(undo):
+                target[index] = old
+
+    def _frozen_target(self, name: str, layer: QuantizedLayerMixin) -> torch.Tensor | np.ndarray:
+        """What a trial writes layer ``name``'s faults into: its frozen weight, flattened, as ``writable`` gives it
+        (kept while the same frozen weight stays: looking it up costs more than a trial's few writes)."""
+        held = self._targets.get(name)
+        if held is None or held[0] is not layer.frozen_weight:
+            held = self._targets[name] = (layer.frozen_weight,
+                                          writable(layer.frozen_weight.view(-1), layer.frozen_encoding))
+        return held[1]
 
     @contextmanager
     def step(self, step: int) -> Iterator[None]:
@@ -269,6 +297,7 @@ class FaultInjector:
 
     def _forget_patterns(self) -> None:
         self._samplers.clear()
+        self._split.clear()
         self._counted.clear()
         self._count_samplers.clear()
 
@@ -324,11 +353,41 @@ class FaultInjector:
         trial, key, draw = self._stream(name, is_activation)
         if self.config.fault_model.counted:
             return self._counted_positions(trial, draw).get(name, np.empty(0, np.int64))
+        if not is_activation:
+            return self._weight_positions(trial, draw)[name]
         sampler = self._samplers.get((trial, key, draw))
         if sampler is None or sampler.n_bits != n_bits:
             sampler = self._samplers[(trial, key, draw)] = NestedBitSampler(
                 n_bits, stream_key(self.seed, trial, key, draw))
         return sampler.positions(self.ber)
+
+    def _weight_layout(self) -> tuple[list[str], np.ndarray]:
+        """The selected layers' exposed weight bits laid end to end, in layer order: (names, offsets), layer
+        ``i`` owning the bits ``offsets[i] <= b < offsets[i + 1]`` of the trial's one weight stream."""
+        if self._layout is None:
+            sizes = [_n_exposed(m.weight.numel(), m.wbits, self._enumerated(n, m.wbits, False)) for n, m in self.layers]
+            self._layout = [n for n, _ in self.layers], np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+        return self._layout
+
+    def _weight_positions(self, trial: int, draw: int) -> dict[str, np.ndarray]:
+        """Every selected layer's faulty weight bits at the current rate (positions within the layer).
+
+        One stream per (seed, trial or step, draw) covers the exposed bits of all selected layers end to end
+        (``_weight_layout``): one sampler call per trial however many layers, each bit still faulty with
+        probability exactly ``ber``, independently, and nested across rates."""
+        hit = self._split.get((trial, draw, self.ber))
+        if hit is None:
+            names, offsets = self._weight_layout()
+            key = WEIGHTS + (TRAIN if self.training_step is not None else "")
+            sampler = self._samplers.get((trial, key, draw))
+            if sampler is None:
+                sampler = self._samplers[(trial, key, draw)] = NestedBitSampler(
+                    int(offsets[-1]), stream_key(self.seed, trial, key, draw))
+            pos = sampler.positions(self.ber)
+            cuts = np.searchsorted(pos, offsets).tolist()
+            hit = self._split[(trial, draw, self.ber)] = {
+                name: pos[cuts[i]:cuts[i + 1]] - offsets[i] for i, name in enumerate(names)}
+        return hit
 
     def _counted_positions(self, trial: int, draw: int) -> dict[str, np.ndarray]:
         """``count`` faulty bits over all selected layers' weights together (nested across counts)."""
@@ -344,43 +403,52 @@ class FaultInjector:
                 sizes, self.count, lambda n: stream_key(self.seed, trial, n + suffix, draw), cache)
         return self._counted[(trial, draw, self.count)]
 
-    def _faults(self, name: str, n_codes: int, bits: int, is_activation: bool) -> tuple[torch.Tensor, Masks]:
-        """This layer's faulty entries now: ``(code index, [(mode, mask)])``, protected bits left out."""
+    def _faults(self, name: str, n_codes: int, bits: int, is_activation: bool) -> tuple[np.ndarray, NpMasks]:
+        """This layer's faulty entries now: ``(code index, [(mode, mask)])`` as int64 numpy arrays (the few
+        entries a trial touches), protected bits left out."""
         if self.source is not None:
-            parts = self.source.faults(name, self, *self._stream(name, is_activation))
+            index, masks = merge_faults(self.source.faults(name, self, *self._stream(name, is_activation)))
+            index, masks = index.cpu().numpy(), [(mode, mask.cpu().numpy()) for mode, mask in masks]
         else:
             chosen = self._enumerated(name, bits, is_activation)
             n_bits = _n_exposed(n_codes, bits, chosen)
             if n_bits == 0:
-                return torch.zeros(0, dtype=torch.int64), []
-            index, mask = positions_to_masks(np.asarray(self._positions(name, n_bits, is_activation)), bits, chosen)
-            parts = [(self.config.fault_model.mode, index, mask)]
-        index, masks = merge_faults(parts)
+                return _NO_ENTRIES, []
+            index, mask = positions_to_masks_np(self._positions(name, n_bits, is_activation), bits, chosen)
+            masks = [(self.config.fault_model.mode, mask)]
         allowed = (1 << bits) - 1 if is_activation else self.allowed_mask(name, bits)
         if masks and allowed != (1 << bits) - 1:  # leave out what fault.bits / fault.protect exclude
             masks = [(mode, mask & allowed) for mode, mask in masks]
-            keep = torch.stack([mask for _, mask in masks]).ne(0).any(0)
-            if not bool(keep.all()):
+            keep = np.any([mask != 0 for _, mask in masks], axis=0)
+            if not keep.all():
                 index, masks = index[keep], [(mode, mask[keep]) for mode, mask in masks]
         return index, masks
 
-    def _fault_entries(self, name: str, flat: torch.Tensor, encoding: Encoding, bits: int,
-                       is_activation: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Overwrite the faulty entries of the flattened tensor ``flat`` in place with their faulty values.
+    def _fault_entries(self, name: str, flat: torch.Tensor | np.ndarray, encoding: Encoding, bits: int,
+                       is_activation: bool) -> tuple[torch.Tensor | np.ndarray, ...] | None:
+        """Overwrite the faulty entries of the flattened tensor ``flat`` (or its numpy view, see ``writable``) in
+        place with their faulty values.
 
-        Returns ``(index, old values)`` of the entries it overwrote (what undoes it) and counts the changed bits.
+        Returns ``(target, index, old values)`` such that ``target[index] = old`` undoes it (None: nothing
+        written), and counts the changed bits.
         """
-        index, masks = self._faults(name, flat.numel(), bits, is_activation)
+        index, masks = self._faults(name, flat.size if isinstance(flat, np.ndarray) else flat.numel(), bits,
+                                    is_activation)
         key = name + (ACT if is_activation else "")
         if self.recorder is not None and not is_activation:
-            self.recorder(name, index, masks, bits)
-        if index.numel() == 0:
+            self.recorder(name, torch.from_numpy(index), [(m, torch.from_numpy(k)) for m, k in masks], bits)
+        if index.size == 0:
             self.flips.setdefault(key, 0)
-            return flat.new_empty(0, dtype=torch.long), flat.new_empty(0)
-        w = write_masked(flat, encoding, index, masks)  # flips first, then stuck-at bits
+            return None
+        if isinstance(flat, np.ndarray) or numpy_writable(flat, encoding):
+            target = writable(flat, encoding)
+            old, patterns, new = write_masked_np(target, encoding, index, masks)  # flips first, then stuck-at bits
+        else:
+            w = write_masked(flat, encoding, torch.from_numpy(index), [(m, torch.from_numpy(k)) for m, k in masks])
+            target, index, old, patterns, new = flat, w.index, w.old, w.patterns.cpu().numpy(), w.new.cpu().numpy()
         # a flipped bit always changes; a stuck bit only where it held the other value
-        self.flips[key] = self.flips.get(key, 0) + popcount(w.patterns ^ w.new, bits)
-        return w.index, w.old
+        self.flips[key] = self.flips.get(key, 0) + _popcount_np(patterns ^ new, bits)
+        return target, index, old
 
     def exposed_weight_bits(self) -> int:
         """Number of stored weight bits this injector can corrupt (selected layers and bit positions, less the
