@@ -184,3 +184,20 @@ def test_state_dict_round_trip_reproduces_outputs():
     fresh = quantize_model(tiny_cnn(seed=5), wbits=4, abits=4, per_channel=True).eval()
     fresh.load_state_dict(copy.deepcopy(model.state_dict()))
     assert torch.equal(fresh(x), out)
+
+
+@pytest.mark.parametrize("numel", [1000, (1 << 18) + 1, 3 * (1 << 18) + 12_345])
+def test_evaluation_fake_quantize_is_bit_identical_to_the_composite_in_pieces_or_whole(numel):
+    """Without autograd, fake_quantize computes large CPU tensors in cache-sized pieces (and small ones whole);
+    every entry must still be exactly round(clamp(x / s)) * s, a piece's boundary included."""
+    from qfi_cli.quant.quantizers import _CHUNK, fake_quantize
+
+    assert numel <= _CHUNK or numel % _CHUNK  # a tail piece shorter than the others
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(numel)) * 4
+    x[::977] = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0]).repeat(numel // 977 // 5 + 1)[
+        :x[::977].numel()]
+    scale = torch.tensor(0.0371)
+    with torch.no_grad():
+        got = fake_quantize(x.view(-1, 1, 1), scale, -128, 127).view(-1)
+    want = torch.round(torch.clamp(x / scale, -128, 127)) * scale
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))

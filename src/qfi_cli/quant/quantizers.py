@@ -121,10 +121,23 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qn: int, qp: int) -> tor
     """
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
         return _FakeQuantizeSTE.apply(x, scale, qn, qp)
+    if (x.numel() > _CHUNK and x.device.type == "cpu" and scale.numel() == 1 and x.is_contiguous()
+            and torch.result_type(x, scale) == x.dtype and not (_is_batched is not None and _is_batched(x))):
+        # a large CPU tensor in cache-sized pieces: the four elementwise passes read it from memory once, not four
+        # times (the same operations on each entry, so the same values)
+        out = torch.empty_like(x)
+        src, dst = x.view(-1), out.view(-1)
+        for start in range(0, src.numel(), _CHUNK):
+            torch.div(src[start:start + _CHUNK], scale, out=dst[start:start + _CHUNK]).clamp_(qn, qp).round_() \
+                .mul_(scale)
+        return out
     v = torch.div(x, scale)
     if _is_batched is not None and _is_batched(v):  # inside torch.func.vmap, clamp_ has no batching rule
         return v.clamp_min_(qn).clamp_max_(qp).round_().mul_(scale)
     return v.clamp_(qn, qp).round_().mul_(scale)
+
+
+_CHUNK = 1 << 18  # entries per piece of fake_quantize's CPU path (1 MiB of float32: stays in a core's cache)
 
 
 _is_batched = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)
