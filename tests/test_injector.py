@@ -312,3 +312,34 @@ def test_sam_epsilon_comes_from_clean_weight_gradient():
     for m, g in zip(layers, grads):
         torch.testing.assert_close(m.epsilon, 0.05 * g / norm, rtol=1e-12, atol=0)
     sam.clear()
+
+
+def test_a_trial_draws_all_layers_weight_bits_from_one_stream_laid_end_to_end():
+    """Trial t's faulty weight bits at a rate: one nested sampler over the selected layers' exposed bits laid end to
+    end in layer order (key ``<weights>``), split by layer; fault.bits narrows each layer's exposed bits first."""
+    from qfi_cli.faults.injector import WEIGHTS
+    from qfi_cli.faults.sampler import NestedBitSampler, stream_key
+
+    torch.manual_seed(0)
+    model = quantize_model(nn.Sequential(nn.Linear(40, 30), nn.Linear(30, 20), nn.Linear(20, 5)), wbits=8,
+                           abits=32, quantizer="minmax").eval()
+    layers = quantized_layers(model)
+    for cfg, bit_list in ((FaultConfig(ber=0.02), list(range(8))),
+                          (FaultConfig(ber=0.1, layers=["0", "2"], bits=[-1, 0]), [0, 7])):
+        chosen = [(n, m) for n, m in layers if cfg.layers is None or n in cfg.layers]
+        sizes = [m.weight.numel() * len(bit_list) for _, m in chosen]
+        with FaultInjector(model, cfg, seed=5) as inj, frozen_weights(model):
+            clean = {n: m.frozen_encoding.encode(m.frozen_weight).flatten() for n, m in layers}
+            for t in range(3):
+                with inj.trial(t):
+                    got = {n: (m.frozen_encoding.encode(m.frozen_weight).flatten() ^ clean[n]) for n, m in layers}
+                pos = NestedBitSampler(sum(sizes), stream_key(5, t, WEIGHTS, 0)).positions(cfg.ber)
+                start = 0
+                for (name, _), size in zip(chosen, sizes):
+                    mine = pos[(pos >= start) & (pos < start + size)] - start
+                    start += size
+                    want = torch.zeros_like(got[name])
+                    for p in mine.tolist():
+                        want[p // len(bit_list)] |= 1 << bit_list[p % len(bit_list)]
+                    assert torch.equal(got[name], want), (name, t)
+                assert all(not got[n].any() for n, _ in layers if n not in {c for c, _ in chosen})
