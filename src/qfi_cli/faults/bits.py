@@ -155,7 +155,10 @@ def positions_to_masks_np(pos: np.ndarray, bits: int,
     if pos.size and pos[0] < 0:
         raise ValueError(f"positions must be >= 0, got {int(pos[0])}")
     m = bits if chosen is None else len(chosen)
-    code, bit = np.divmod(pos, m)
+    if m & (m - 1) == 0:  # a power of two (8-bit codes, one chosen bit, ...): shifts, several times divmod's speed
+        code, bit = pos >> (m.bit_length() - 1), pos & (m - 1)
+    else:
+        code, bit = np.divmod(pos, m)
     if chosen is not None:
         bit = np.asarray(chosen, dtype=np.int64)[bit]
     if not pos.size:
