@@ -36,7 +36,7 @@ from torch import nn
 
 from qfi_cli.errors import QfiError
 from qfi_cli.faults.bits import n_exposed_bits, positions_to_masks_np
-from qfi_cli.faults.flips import numpy_writable, writable, write_masked, write_masked_np
+from qfi_cli.faults.flips import writable, write_masked, write_masked_np
 from qfi_cli.faults.models import FaultConfig, ProtectRule
 from qfi_cli.faults.sampler import NestedBitSampler, sample_fixed_count, stream_key
 from qfi_cli.quant.encoding import Encoding
@@ -440,8 +440,8 @@ class FaultInjector:
         if index.size == 0:
             self.flips.setdefault(key, 0)
             return None
-        if isinstance(flat, np.ndarray) or numpy_writable(flat, encoding):
-            target = writable(flat, encoding)
+        target = writable(flat, encoding)
+        if isinstance(target, np.ndarray):
             old, patterns, new = write_masked_np(target, encoding, index, masks)  # flips first, then stuck-at bits
         else:
             w = write_masked(flat, encoding, torch.from_numpy(index), [(m, torch.from_numpy(k)) for m, k in masks])
