@@ -137,11 +137,9 @@ def main() -> None:
                          f"{bc.ms(s['clean_eval'] / d['trials'])}, of which {bc.ms(s['quantize_only'])} quantize the "
                          "weights (timed alone)")
         notes.append(f"Missed (inject-eval, {', '.join(slow)}): medians of this run, the faults' cost (faulty minus "
-                     "clean evaluation) is " + "; ".join(parts) + ". Trials are already in place and O(flips); "
-                     "what remains is a fixed cost per faulted layer and trial (its own random stream and sampler "
-                     "set-up, a few numpy and torch calls), paid against the evaluation of a small, fast test set. "
-                     "What would get there: one sampler call across all layers of a trial (one stream, positions "
-                     "split by layer), or a larger test set.")
+                     "clean evaluation) is " + "; ".join(parts) + ". Trials are already in place and O(flips), "
+                     "with one sampler call per trial for all layers; what remains is a few numpy calls per faulted "
+                     "layer, paid against the evaluation of a small, fast test set.")
     slow = [n.rsplit(", ", 1)[-1] for n in bc.missed(rows, "quantized eval")]
     if slow:
         parts = []
@@ -153,10 +151,8 @@ def main() -> None:
         notes.append(f"Missed (quantized eval vs float, {', '.join(slow)}): one evaluation, medians of this run, "
                      + "; ".join(parts) + ". The difference between the last two is the activations' fake "
                      "quantization: elementwise, memory-bound passes over every quantized layer's input (x / s, "
-                     "clamp, round, * s). Exact division keeps the codes bit-identical, so multiplying by 1/s or "
-                     "torch.fake_quantize_per_tensor_affine are out. What would get there: a fused one-pass kernel "
-                     "for those passes (e.g. torch.compile of the same ops) plus folding the activation scale into "
-                     "the next layer.")
+                     "clamp, round, * s), already run in cache-sized pieces on the CPU. Exact division keeps the codes "
+                     "bit-identical, so multiplying by 1/s or torch.fake_quantize_per_tensor_affine are out.")
     bc.record("2_eval", "inject-eval and quantized evaluation", rows, details, notes)
 
 

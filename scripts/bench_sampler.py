@@ -105,7 +105,7 @@ def main() -> None:
                      f"{bc.ms(sec['clone'])}"
                      + (f" and the O(flips) work (masks, gather, XOR, scatter) the remaining "
                         f"{bc.ms(rest)}" if rest > 0 else "")
-                     + ". A finer ladder or drawing positions as int32 end to end would get there.")
+                     + ". The sampler's time is mostly sorting: each level's candidates, then their union.")
     bc.record("1_sampler", "bit-error sampling", rows, details, notes)
 
 
