@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.quant import (LSQQuantizer, MinMaxQuantizer, QuanConv2d, QuanLinear, RQuantizer, check_bits,
-                           code_range, float_encoding, frozen_weights, quantize_model, quantized_layers)
+from qfi_cli.quant import (AffineQuantizer, LSQQuantizer, MinMaxQuantizer, QuanConv2d, QuanLinear, RQuantizer,
+                           check_bits, code_range, float_encoding, frozen_weights, quantize_model, quantized_layers)
 from tests.conftest import tiny_cnn
 
 
@@ -56,12 +56,12 @@ def test_unsigned_activations():
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
-def test_rquant_codes_are_unsigned_and_cover_the_layer_range(bits):
-    """RQuant: scale (max - min) / (2^k - 1), integer zero point, codes in [0, 2^k - 1], min and max representable
+def test_affine_codes_are_unsigned_and_cover_the_layer_range(bits):
+    """Affine: scale (max - min) / (2^k - 1), integer zero point, codes in [0, 2^k - 1], min and max representable
     within half a step, value = (code - zero_point) * scale exactly."""
     torch.manual_seed(bits)
     w = torch.randn(6, 3, 3, 3, dtype=torch.float64) * 0.3 + 0.05
-    value, enc = RQuantizer().quantize(w, bits)
+    value, enc = AffineQuantizer().quantize(w, bits)
     codes = enc.codes(value)
     scale = float(enc.scale)
     assert not enc.signed and codes.min() >= 0 and codes.max() <= 2**bits - 1
@@ -72,13 +72,14 @@ def test_rquant_codes_are_unsigned_and_cover_the_layer_range(bits):
     assert (enc.encode(value) == codes).all()  # unsigned codes are stored as themselves
 
 
-def test_rquant_msb_flip_hand_computed():
-    """4-bit RQuant of [-0.5, 1.0]: scale 0.1, zero point 5; weight 0.3 is code 8 = 0b1000: flipping the top bit
+def test_affine_msb_flip_hand_computed():
+    """4-bit affine quantization of [-0.5, 1.0]: scale 0.1, zero point 5; weight 0.3 is code 8 = 0b1000: flipping the top bit
     gives code 0, i.e. (0 - 5) * 0.1 = -0.5; weight -0.2 is code 3 = 0b0011 -> 0b1011 = 11 -> 0.6."""
     from qfi_cli.faults import FaultConfig, FaultInjector
 
     w = torch.tensor([[-0.5, 0.3, -0.2, 1.0]], dtype=torch.float64)
-    layer = QuanLinear.from_float(nn.Linear(4, 1, bias=False).double(), RQuantizer(), RQuantizer(), 4, 32).eval()
+    layer = QuanLinear.from_float(nn.Linear(4, 1, bias=False).double(), AffineQuantizer(), AffineQuantizer(), 4,
+                                  32).eval()
     with torch.no_grad():
         layer.weight.copy_(w)
     value, enc = layer.quantize_weight_clean()
@@ -90,9 +91,28 @@ def test_rquant_msb_flip_hand_computed():
                                atol=1e-12)
 
 
-def test_rquant_is_per_layer():
+@pytest.mark.parametrize("kind", [RQuantizer, AffineQuantizer])
+def test_rquant_and_affine_are_per_layer(kind):
     with pytest.raises(QfiError, match="per_channel=false"):
-        RQuantizer(per_channel=True)
+        kind(per_channel=True)
+
+
+@pytest.mark.parametrize("x", [[0.2, 0.37, 0.9], [-0.9, -0.37, -0.2], [0.37, 0.37]])
+def test_affine_keeps_one_signed_and_constant_tensors(x):
+    """The affine range always holds the data: U(0.2, 0.9) was represented on [0.203, 0.698] only (max error 0.20)
+    and a constant 0.37 became 2.6e-10 when the zero point was clamped without widening the scale. Now every entry
+    is within half a step of itself, the step being max(|x|) / 255 at 8 bits."""
+    w = torch.tensor(x)
+    value = AffineQuantizer()(w, 8)
+    assert (value - w).abs().max() <= w.abs().max() / 255 / 2 * (1 + 1e-6)
+
+
+def test_affine_straight_through_gradient_reaches_every_weight():
+    """The rounded zero point puts one end of the range up to half a step outside the grid; those weights still get
+    their gradient (the clamp of the old quantizer cut it: 6.1% of a trained RandBET model's weights)."""
+    w = torch.tensor([-0.3, -0.1, 0.0, 0.4, 0.4999], requires_grad=True)
+    AffineQuantizer()(w, 2).mul(torch.arange(1.0, 6.0)).sum().backward()
+    assert w.grad.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 def test_float_encodings_match_hand_computed_ieee_patterns():

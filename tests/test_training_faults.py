@@ -82,107 +82,167 @@ def _faulty_by_hand(layers, seed, step, ber):
         index, mask = positions_to_masks(np.asarray(mine), layer.wbits)
         codes = enc.codes(flat[index], index)
         new = apply_mask(codes, mask, layer.wbits, enc.signed)
-        flat[index] = (new - enc.zero_point).to(flat.dtype) * enc.scale.reshape(())
+        flat[index] = enc.decode(new & ((1 << layer.wbits) - 1), index, dtype=flat.dtype)
         out[name] = flat.view_as(value)
     return out
 
 
-def test_randbet_loss_is_clean_plus_faulty_loss_by_hand(batch):
-    """Once started, RandBET's objective is CE at Q(w) plus weight * CE at step k's faulty Q(w), the pattern computed
-    here by hand from the sampler; its gradient w.r.t. Q(w) is the sum of the two (straight-through)."""
-    model = quantize_model(tiny_cnn(), "minmax", wbits=4, abits=32, first_last_bits=None)
-    calibrate(model, batch[0])
+def test_randbet_step_on_two_weights_by_hand():
+    """Stutz et al.'s step on a two-parameter model, computed by hand. Linear(1 -> 2), no bias, 2-bit RQuant weights
+    [-1, 2] (codes 1, 3); RandBET at p = 1 flips every bit: codes 2, 0 -> faulty weights [0.5, -1] (code 0 decodes
+    to the range's low end). One sample x = 1, label 0, so dCE/dw = softmax(w x) - onehot(0):
+    clean  z = [-1, 2]:   p0 = 1 / (1 + e^3) -> g_clean = [p0 - 1, 1 - p0], CE = log(1 + e^3);
+    faulty z = [0.5, -1]: q0 = 1 / (1 + e^-1.5) -> g_faulty = [q0 - 1, 1 - q0] = [-0.182, 0.182], clamped to
+    [-0.05, 0.05]; the step's gradient is their average (g_clean + clamp(g_faulty)) / 2."""
+    import math
+
+    from qfi_cli.quant import QuanLinear, RQuantizer
+
+    layer = QuanLinear.from_float(torch.nn.Linear(1, 2, bias=False), RQuantizer(), RQuantizer(), 2, 32)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[-1.0], [2.0]]))
+    model = torch.nn.Sequential(layer).train()
+    cfg = RunConfig.from_dict({"train": {"bet": {"mode": "random", "ber": 1.0}}, "sam": {"rho": 0.0},
+                               "quant": {"name": "rquant"}})
+    faults = TrainingFaults(cfg, model)
+    faults.on = True
+    x, y = torch.tensor([[1.0]]), torch.tensor([0])
+    with faults.step(0):
+        loss, logits = faults.backward(model, x, y)
+    faults.detach()
+    p0, q0 = 1 / (1 + math.exp(3)), 1 / (1 + math.exp(-1.5))
+    expected = [((p0 - 1) + -0.05) / 2, ((1 - p0) + 0.05) / 2]
+    assert layer.weight.grad.reshape(-1).tolist() == pytest.approx(expected, abs=1e-6)
+    assert float(loss) == pytest.approx((math.log(1 + math.exp(3)) - math.log(q0)) / 2, abs=1e-6)
+    assert logits.tolist() == [[-1.0, 2.0]]
+    faults.after_step(logits, y)
+    assert faults.on is False  # clean loss 3.05 >= 1.15 * 1.75
+
+
+def test_randbet_gradient_matches_clean_and_clamped_faulty_gradients_on_a_cnn(batch):
+    """The same rule on a CNN (4-bit RQuant, batch norm) with step k's pattern computed here by hand from the
+    sampler: every trainable parameter's gradient is (g_clean + weight * clamp(g_faulty, -c, c)) / (1 + weight),
+    g_faulty taken at the faulty Q(w) (straight through to the float weights); the faulty forward leaves the
+    batch-norm statistics alone."""
+    from qfi_cli.optim.sam import frozen_bn_stats
+
+    model = quantize_model(tiny_cnn(), "rquant", wbits=4, abits=32, first_last_bits=None)
     model.train()
     reference = copy.deepcopy(model)
-    cfg = RunConfig.from_dict({"seed": 7, "train": {"bet": {"mode": "random", "ber": 0.05, "weight": 0.5}},
-                               "sam": {"rho": 0.0}})
+    cfg = RunConfig.from_dict({"seed": 7, "train": {"bet": {"mode": "random", "ber": 0.05, "weight": 0.5,
+                                                            "grad_clamp": 0.01}}, "sam": {"rho": 0.0}})
     faults = TrainingFaults(cfg, model)
     faults.on = True
     x, y = batch
-    for _, m in quantized_layers(model):
-        m.keep_quantized = True
     with faults.step(3):
-        loss, logits = faults.loss(model, x, y)
-    loss.backward()
+        loss, _ = faults.backward(model, x, y)
     faults.detach()
+    after_clean = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
 
     layers = quantized_layers(reference)
-    clean = {n: m.quantize_weight_clean()[0].detach() for n, m in layers}
     faulty = _faulty_by_hand(layers, seed=7, step=3, ber=0.05)
-    assert any(not torch.equal(clean[n], faulty[n]) for n, _ in layers)
+    params = dict(reference.named_parameters())
+    clean_loss = F.cross_entropy(reference(x), y)
+    g_clean = dict(zip(params, torch.autograd.grad(clean_loss, list(params.values()), allow_unused=True)))
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in after_clean.items())
+    leaves = {n: faulty[n].clone().requires_grad_(True) for n, _ in layers}
+    for n, m in layers:
+        m.frozen_weight = leaves[n]
+    with frozen_bn_stats(reference):
+        faulty_loss = F.cross_entropy(reference(x), y)
+    others = {k: p for k, p in params.items() if k.rsplit(".", 1)[0] not in leaves or not k.endswith("weight")}
+    got = torch.autograd.grad(faulty_loss, [*leaves.values(), *others.values()], allow_unused=True)
+    g_faulty = {**{n + ".weight": g for n, g in zip(leaves, got)}, **dict(zip(others, got[len(leaves):]))}
+    for n, m in layers:
+        m.frozen_weight = None
+    assert any(not torch.equal(faulty[n], m.quantize_weight_clean()[0]) for n, m in layers)
+    for k, p in model.named_parameters():
+        gc, gf = g_clean[k], g_faulty[k]
+        expected = ((0 if gc is None else gc) + 0.5 * (0 if gf is None else gf.clamp(-0.01, 0.01))) / 1.5
+        torch.testing.assert_close(p.grad, torch.as_tensor(expected, dtype=p.dtype).expand_as(p), rtol=1e-9,
+                                   atol=1e-12, msg=k)
+    assert float(loss) == pytest.approx((float(clean_loss) + 0.5 * float(faulty_loss)) / 1.5, rel=1e-9)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in after_clean.items())
 
-    def loss_at(weights, grad_of=None):
-        """CE with every layer at ``weights``; the gradient w.r.t. layer ``grad_of``'s weight if asked."""
-        for n, m in layers:
-            m.frozen_weight = weights[n].clone().requires_grad_(n == grad_of)
-        try:
-            out = F.cross_entropy(reference(x), y)
-            if grad_of is None:
-                return out.detach()
-            return torch.autograd.grad(out, dict(layers)[grad_of].frozen_weight)[0]
-        finally:
-            for _, m in layers:
-                m.frozen_weight = None
 
-    torch.testing.assert_close(loss.detach(), loss_at(clean) + 0.5 * loss_at(faulty), rtol=1e-12, atol=0)
-    with torch.no_grad():
-        torch.testing.assert_close(logits.detach(), reference(x), rtol=0, atol=0)
-    for (n, m), (_, m_model) in zip(layers, quantized_layers(model)):
-        g = sum(w.grad for w in m_model.quantized_weights)
-        torch.testing.assert_close(g, loss_at(clean, n) + 0.5 * loss_at(faulty, n), rtol=1e-10, atol=1e-14)
+STUTZ_SEQUENCE = [  # (clean loss, faulty loss of the step or None when it did not inject) -> next step injects?
+    ((2.5, None), False),   # clean >= 1.15 t (t = 1.75: 2.0125)
+    ((2.0, None), True),    # clean < 2.0125 and (2.0 + 0) / 2 <= 1.75: a step that did not inject counts 0
+    ((1.9, 1.7), False),    # (1.9 + 1.7) / 2 = 1.8 > 1.75: off again (the old rule latched on for good)
+    ((1.9, None), True),
+    ((1.2, 2.3), True),     # mean exactly 1.75: on (<=)
+    ((2.02, 0.1), False),   # clean >= 2.0125
+]
 
 
-def test_randbet_starts_once_the_clean_loss_is_below_the_threshold(batch):
-    """No faulty forward until a step's clean loss falls below start_loss; from the next step on, always."""
+def test_randbet_curriculum_is_re_decided_every_step():
+    from qfi_cli.engine.train import stutz_curriculum
+
+    got = [stutz_curriculum(clean, faulty or 0.0, 1.75) for (clean, faulty), _ in STUTZ_SEQUENCE]
+    assert got == [on for _, on in STUTZ_SEQUENCE]
+
+
+def test_randbet_injects_on_the_steps_its_curriculum_turns_on(batch):
+    """Through TrainingFaults: a faulty forward (2 forwards a step) exactly on the steps the rule turned on, decided
+    after each step from its clean loss and its faulty loss (threshold 1.0, so 1.15 t = 1.15)."""
+    from qfi_cli.engine.train import stutz_curriculum
+
     model = quantize_model(tiny_cnn(), wbits=4, abits=32, first_last_bits=None)
     faults = TrainingFaults(RunConfig.from_dict({"train": {"bet": {"mode": "random", "start_loss": 1.0}}}), model)
     x, y = batch
     forwards = []
     hook = model.register_forward_pre_hook(lambda *_: forwards.append(1))
-    uniform = torch.zeros(len(y), 3, dtype=torch.float64)       # clean loss log 3 = 1.10 > 1.0
-    confident = F.one_hot(y, 3).double() * 50                   # clean loss ~ 0 < 1.0
-    expected_forwards = []
-    for k, clean_logits in enumerate([uniform, uniform, confident, uniform, uniform]):
+    uniform = torch.zeros(len(y), 3, dtype=torch.float64)    # clean loss log 3 = 1.0986 < 1.15, (1.0986 + 0) / 2 <= 1
+    confident = F.one_hot(y, 3).double() * 50                # clean loss ~ 0
+    wrong = -F.one_hot(y, 3).double() * 3                    # clean loss ~ 3.05 > 1.15
+    counts, states = [], []
+    for k, clean_logits in enumerate([wrong, uniform, confident, wrong, confident]):
         forwards.clear()
         with faults.step(k):
-            faults.loss(model, x, y)
-        expected_forwards.append(len(forwards))
+            faults.backward(model, x, y)
+        counts.append(len(forwards))
         faults.after_step(clean_logits, y)
+        states.append(faults.on)
+        assert faults.on == stutz_curriculum(float(F.cross_entropy(clean_logits, y)), faults.last_faulty, 1.0)
     hook.remove()
     faults.detach()
-    assert expected_forwards == [1, 1, 1, 2, 2]
+    assert states == [False, True, True, False, True]
+    assert counts == [1, 1, 2, 2, 1]
 
 
-def test_clipping_holds_after_every_step(monkeypatch, tmp_path):
+def test_clipping_projects_every_trainable_parameter_before_each_forward(monkeypatch, tmp_path):
+    """Stutz et al.'s BoxProjection: before each step's forward every trainable parameter (biases and norm
+    parameters too, not the quantizers' step sizes) lies in [-w_max, w_max]; so does the saved model."""
+    from qfi_cli.engine.train import network_parameters
+
     seen = []
     original = SAM.step
 
-    def spy(self, closure):
-        out = original(self, closure)
-        seen.append(None)
-        return out
+    def spy(self, closure, backward=True):
+        seen.append(max(float(p.detach().abs().max()) for p in network_parameters(self.model)))
+        return original(self, closure, backward=backward)
 
     monkeypatch.setattr(SAM, "step", spy)
-    import qfi_cli.engine.train as engine
-
-    real_clip = engine.clip_weights
-
-    def checked_clip(model, w_max):
-        real_clip(model, w_max)
-        seen[-1] = max(float(m.weight.detach().abs().max()) for _, m in quantized_layers(model))
-
-    monkeypatch.setattr(engine, "clip_weights", checked_clip)
     train(compose([*TINY, "train.clip_weights=0.05", "train.lr=0.5"]), tmp_path)
-    assert len(seen) == 4 and all(v is not None and v <= np.float32(0.05) for v in seen), seen
+    assert len(seen) == 4 and all(v <= np.float32(0.05) for v in seen), seen
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    assert all(v.abs().max() <= np.float32(0.05) for k, v in saved.items()
+               if v.is_floating_point() and "quan_" not in k and "running" not in k)
 
 
-def test_clip_weights_clamps_every_quantized_layer():
-    model = quantize_model(tiny_cnn(), wbits=4, abits=32)
+def test_clip_weights_projects_weights_biases_and_norms_but_not_step_sizes():
+    model = quantize_model(tiny_cnn(), wbits=4, abits=8)
+    calibrate(model, torch.randn(4, 1, 8, 8, dtype=torch.float64))
     with torch.no_grad():
-        for _, m in quantized_layers(model):
-            m.weight.mul_(100)
+        for p in model.parameters():
+            p.mul_(100).add_(1)
+    steps = {k: v.clone() for k, v in model.named_parameters() if "quan_" in k}
     clip_weights(model, 0.1)
-    assert all(float(m.weight.detach().abs().max()) == pytest.approx(0.1) for _, m in quantized_layers(model))
+    for k, p in model.named_parameters():
+        if "quan_" in k:
+            assert torch.equal(p, steps[k])
+        else:
+            assert float(p.detach().abs().max()) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("recipe", ["normal", "rquant", "clipping", "randbet", "sam", "sam_clipping", "sam_randbet"])

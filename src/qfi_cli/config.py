@@ -72,8 +72,8 @@ class QuantConfig:
             check_bits(self.abits, "activation bit width")
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, "quant.first_last_bits")
-        require(not (self.name == "rquant" and self.per_channel),
-                "rquant quantizes per layer (one range, one zero point): set quant.per_channel=false")
+        require(not (self.name in ("rquant", "affine") and self.per_channel),
+                f"{self.name} quantizes per layer (one range, one zero point): set quant.per_channel=false")
         return self
 
     def _float_widths(self) -> None:
@@ -112,15 +112,19 @@ class SamConfig:
 
 @dataclass
 class BetConfig:
-    """``train.bet``: bit error training. ``mode`` none | random (RandBET, Stutz et al.): each step adds the loss
-    under a fresh random pattern at rate ``ber`` to the clean loss, once the clean loss is below ``start_loss``;
-    adversarial (AdvBET-style): the loss under ``adv_flips`` bit flips found on the step's batch by ``adv_steps``
-    rounds of first-order bit search (``qfi_cli.faults.search.adversarial_flips``)."""
+    """``train.bet``: bit error training. ``mode`` none | random (RandBET, Stutz et al., as their code): each step
+    averages the clean gradient with the gradient under a fresh random pattern at rate ``ber``, that one clamped to
+    ``[-grad_clamp, grad_clamp]`` elementwise, on steps that their curriculum turns on (re-decided after every step
+    from the clean and faulty losses against ``start_loss``); adversarial (AdvBET-style): the clean loss plus the
+    loss under ``adv_flips`` bit flips found on the step's batch by ``adv_steps`` rounds of first-order bit search
+    (``qfi_cli.faults.search.adversarial_flips``), once the clean loss falls below ``start_loss``. ``weight``: the
+    faulty term's weight (1: the reference's plain average)."""
 
     mode: str = "none"
     ber: float = 0.01
     start_loss: float = 1.75
     weight: float = 1.0
+    grad_clamp: Optional[float] = 0.05
     adv_flips: int = 10
     adv_steps: int = 1
 
@@ -129,6 +133,8 @@ class BetConfig:
         require(0 <= self.ber <= 1, f"train.bet.ber must lie in [0, 1], got {self.ber}")
         require(self.start_loss >= 0, f"train.bet.start_loss must be >= 0, got {self.start_loss}")
         require(self.weight >= 0, f"train.bet.weight must be >= 0, got {self.weight}")
+        require(self.grad_clamp is None or self.grad_clamp > 0,
+                f"train.bet.grad_clamp must be > 0 or null, got {self.grad_clamp}")
         require(self.adv_flips >= 1, f"train.bet.adv_flips must be >= 1, got {self.adv_flips}")
         require(1 <= self.adv_steps <= self.adv_flips,
                 f"train.bet.adv_steps must lie in 1..train.bet.adv_flips ({self.adv_flips}), got {self.adv_steps}")

@@ -89,7 +89,8 @@ def build_quantized_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset
     model = build_float_model(cfg, data, init)
     q = cfg.quant
     model = quantize_model(model, q.quantizer, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
-                           first_last_bits=q.first_last_bits)
+                           first_last_bits=q.first_last_bits,
+                           max_abs=cfg.train.clip_weights if q.quantizer == "rquant" else None)
     return model
 
 

@@ -2,17 +2,18 @@
 
 Where training meets fault injection, this module decides (SAM knows nothing of faults):
 
-* ``train.bet.mode=random`` (RandBET, Stutz et al.): each step's objective is the clean loss plus the loss under a
-  fresh random pattern at rate ``train.bet.ber``, once the previous step's clean loss is below
-  ``train.bet.start_loss``; the faulty loss reaches the weights through the straight-through gradient;
+* ``train.bet.mode=random`` (RandBET, Stutz et al., as their ``AverageWeightsTraining``): a step's gradient is the
+  average of the clean one and the one under a fresh random pattern at rate ``train.bet.ber`` (clamped to
+  ``train.bet.grad_clamp``), on steps their curriculum turns on (see ``TrainingFaults``); the faulty loss reaches
+  the weights through the straight-through gradient;
 * ``train.bet.mode=adversarial`` (AdvBET-style, Stutz et al., TPAMI): the same, under ``train.bet.adv_flips``
   bit flips chosen on the step's batch by ``adv_steps`` rounds of first-order bit search (the attack's ranking,
   ``faults.search.adversarial_flips``; BN statistics frozen), found once per step before SAM's two passes;
 * ``fault.enable_in_training=true`` (the seed's rule 4): every training forward sees faults (no clean term);
 
 in both, step ``k`` has its own pattern, reproducible from (seed, k), and both passes of a SAM step see it; SAM's
-ascent follows the gradient at the clean quantized weights. ``train.clip_weights`` clamps the float weights of
-the quantized layers to ``[-w_max, w_max]`` after every optimizer step.
+ascent follows the gradient at the clean quantized weights. ``train.clip_weights`` projects every trainable
+parameter into ``[-w_max, w_max]`` before each step's forward (and once after the last step), as Stutz et al.
 """
 
 from __future__ import annotations
@@ -74,13 +75,31 @@ def _training_injectors(cfg: RunConfig, model: torch.nn.Module) -> tuple[FaultIn
     return None, None
 
 
+def stutz_curriculum(clean: float, faulty: float, threshold: float) -> bool:
+    """Whether RandBET's next step injects: Stutz et al.'s ``average_simple_curriculum``, from this step's clean loss
+    and its faulty loss (0 on a step that did not inject): ``clean < 1.15 t`` and ``(clean + faulty) / 2 <= t``.
+
+    >>> stutz_curriculum(2.0, 0.0, 1.75), stutz_curriculum(1.9, 1.7, 1.75), stutz_curriculum(2.1, 0.0, 1.75)
+    (True, False, False)
+    """
+    return clean < 1.15 * threshold and (clean + faulty) / 2 <= threshold
+
+
 class TrainingFaults:
-    """Where training meets fault injection: step k's pattern, RandBET's / AdvBET's objective and its start latch.
+    """Where training meets fault injection: step k's pattern, RandBET's / AdvBET's objective and when they inject.
 
     ``with faults.step(k, x, y):`` holds step k's pattern for every forward inside (both SAM passes; AdvBET finds
-    its flips on the batch (x, y) here, once); ``loss(model, x, y)`` is the step's objective, returning ``(loss,
-    clean logits)``; ``after_step(logits, y)`` records the clean loss that decides when bit error training starts.
-    Without faults in training it is plain cross-entropy.
+    its flips on the batch (x, y) here, once); ``backward(model, x, y)`` runs the step's forwards and backwards and
+    returns ``(loss, clean logits)``; ``after_step(logits, y)`` decides whether the next step injects. Without
+    faults in training it is plain cross-entropy.
+
+    RandBET (``train.bet.mode=random``) follows Stutz et al.'s ``AverageWeightsTraining``: the gradient of a step
+    that injects is ``(g_clean + weight * clamp(g_faulty, -c, c)) / (1 + weight)`` (c = ``train.bet.grad_clamp``,
+    weight 1: their average) for every trainable parameter, the faulty forward leaves batch-norm statistics alone,
+    and their curriculum (``average_simple_curriculum``) decides after every step whether the next one injects: the
+    clean loss ``< 1.15 t`` and ``(clean + faulty loss) / 2 <= t`` (t = ``train.bet.start_loss``; the faulty loss
+    is 0 on a step that did not inject, as theirs). Under SAM the ascent follows the same combination at the
+    clean quantized weights.
     """
 
     def __init__(self, cfg: RunConfig, model: torch.nn.Module) -> None:
@@ -88,12 +107,15 @@ class TrainingFaults:
         self.model, self.adversarial = model, cfg.train.bet.mode == "adversarial"
         self.adv_flips, self.adv_steps = cfg.train.bet.adv_flips, cfg.train.bet.adv_steps
         self.weight, self.start_loss = cfg.train.bet.weight, cfg.train.bet.start_loss
-        self.on, self.last_clean = False, math.inf
+        self.grad_clamp = cfg.train.bet.grad_clamp
+        self.on, self.last_clean, self.last_faulty = False, math.inf, 0.0
         self.flips: Masks | None = None
+        self._faulty_losses: list[float] = []
 
     @contextmanager
     def step(self, step: int, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Iterator[None]:
         injector = self.faulty or self.bet
+        self._faulty_losses = []
         if self.adversarial and self.on and x is not None:  # AdvBET: this batch's flips, for both SAM passes
             with frozen_bn_stats(self.model):
                 self.flips = adversarial_flips(self.model, x, y, self.adv_flips, self.adv_steps)
@@ -104,21 +126,63 @@ class TrainingFaults:
             self.flips = None
 
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy at the clean Q(w) (faulty Q(w) under ``fault.enable_in_training``), plus RandBET's
-        ``weight * CE`` under the step's random pattern (AdvBET's: its adversarial flips) once started
-        (batch-norm statistics frozen for it)."""
+        """Cross-entropy at the clean Q(w) (faulty Q(w) under ``fault.enable_in_training``), plus AdvBET's
+        ``weight * CE`` under its adversarial flips once started (batch-norm statistics frozen for it)."""
         with self.bet.disabled() if self.bet is not None else nullcontext():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-        if self.on:
-            with frozen_bn_stats(model), flipped(model, self.flips) if self.flips else nullcontext():
+        if self.on and self.flips:
+            with frozen_bn_stats(model), flipped(model, self.flips):
                 loss = loss + self.weight * F.cross_entropy(model(x), y)
         return loss, logits
 
+    def backward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's forwards and backwards (gradients accumulate into ``.grad``); returns ``(loss detached, clean
+        logits)``, the loss being the objective whose gradient was taken (RandBET: the weighted mean of the clean
+        and the faulty loss)."""
+        if self.bet is None or not self.on:
+            loss, logits = self.loss(model, x, y)
+            loss.backward()
+            return loss.detach(), logits
+        with self.bet.disabled():
+            logits = model(x)
+            clean = F.cross_entropy(logits, y)
+        clean.backward()
+        params = [p for p in model.parameters() if p.requires_grad]
+        clean_grads = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        layers = [m for _, m in quantized_layers(model)]
+        kept = [len(m.quantized_weights) for m in layers]
+        with frozen_bn_stats(model):
+            faulty = F.cross_entropy(model(x), y)
+        faulty.backward()
+        w, c = self.weight, self.grad_clamp
+        for p, g in zip(params, clean_grads):
+            gf = p.grad
+            if gf is not None:
+                gf = gf.clamp(-c, c) if c is not None else gf
+                p.grad = gf.mul_(w).add_(g) if g is not None else gf.mul_(w)
+            else:
+                p.grad = g
+            if p.grad is not None:
+                p.grad.div_(1 + w)
+        for m, n in zip(layers, kept):  # SAM's ascent: the faulty pass's share at the clean Q(w), clamped alike
+            for q in m.quantized_weights[n:]:
+                if q.grad is not None:
+                    q.grad = (q.grad.clamp(-c, c) if c is not None else q.grad).mul_(w)
+        self._faulty_losses.append(float(faulty.detach()))
+        return ((clean.detach() + w * faulty.detach()) / (1 + w)), logits
+
     def after_step(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        if self.bet is not None or self.adversarial:
-            self.last_clean = float(F.cross_entropy(logits.detach(), y))
+        if self.bet is None and not self.adversarial:
+            return
+        self.last_clean = float(F.cross_entropy(logits.detach(), y))
+        if self.adversarial:
             self.on = self.on or self.last_clean < self.start_loss
+            return
+        self.last_faulty = self._faulty_losses[0] if self._faulty_losses else 0.0  # the first pass's, as the logits
+        self.on = stutz_curriculum(self.last_clean, self.last_faulty, self.start_loss)
 
     def state(self) -> dict[str, Any]:
         return {"bet_on": self.on, "last_clean_loss": self.last_clean}
@@ -133,19 +197,27 @@ class TrainingFaults:
                 injector.detach()
 
 
+def network_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The model's trainable parameters but its quantizers' own (LSQ step sizes): what weight clipping projects."""
+    quantizer = {id(p) for _, m in quantized_layers(model) for q in (m.quan_w_fn, m.quan_a_fn) for p in q.parameters()}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in quantizer]
+
+
 def clip_weights(model: torch.nn.Module, w_max: float) -> None:
-    """Clamp the float weights of every quantized layer to ``[-w_max, w_max]`` (in place).
+    """Project every trainable parameter of the network (weights, biases, normalisation scales and shifts; not the
+    quantizers' step sizes) into ``[-w_max, w_max]``, in place: Stutz et al.'s weight clipping
+    (``BoxProjection`` of every trainable parameter, before each forward).
 
     >>> from torch import nn
     >>> from qfi_cli.quant import quantize_model
     >>> m = quantize_model(nn.Sequential(nn.Linear(2, 2)))
-    >>> with torch.no_grad(): _ = m[0].weight.fill_(3.0)
-    >>> clip_weights(m, 0.5); m[0].weight.abs().max().item()
-    0.5
+    >>> with torch.no_grad(): _ = m[0].weight.fill_(3.0); _ = m[0].bias.fill_(-2.0)
+    >>> clip_weights(m, 0.5); m[0].weight.abs().max().item(), m[0].bias.min().item()
+    (0.5, -0.5)
     """
     with torch.no_grad():
-        for _, m in quantized_layers(model):
-            m.weight.clamp_(-w_max, w_max)
+        for p in network_parameters(model):
+            p.clamp_(-w_max, w_max)
 
 
 def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Reporter | None = None,
@@ -203,11 +275,11 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
                 loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
                 for i, (x, y) in enumerate(data.batches("train", batch_size, shuffle=True, generator=generator,
                                                         augment=True, limit=tcfg.limit)):
-                    with faults.step(epoch * steps + i, x, y):
-                        loss, logits = sam.step(lambda: faults.loss(model, x, y))
-                    faults.after_step(logits, y)
                     if tcfg.clip_weights is not None:
                         clip_weights(model, tcfg.clip_weights)
+                    with faults.step(epoch * steps + i, x, y):
+                        loss, logits = sam.step(lambda: faults.backward(model, x, y), backward=False)
+                    faults.after_step(logits, y)
                     loss_sum += loss * len(y)
                     correct += (logits.argmax(1) == y).sum()
                     seen += len(y)
@@ -229,6 +301,8 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
                                 seconds=prior_seconds + time.perf_counter() - start_time, **faults.state())
         faults.detach()
         sam.clear()
+        if tcfg.clip_weights is not None:  # the saved model inside the bound, as the reference evaluates it
+            clip_weights(model, tcfg.clip_weights)
         model.eval()
         if history:
             last = history[-1]

@@ -100,18 +100,21 @@ class SAM:
         self._clip()
         self.base_optimizer.step()
 
-    def step(self, closure: Callable[[], Any]) -> tuple[torch.Tensor, Any]:
+    def step(self, closure: Callable[[], Any], backward: bool = True) -> tuple[torch.Tensor, Any]:
         """One SAM step (two passes; one when rho is 0). ``closure()`` runs the forward and returns the loss or
-        ``(loss, output)``; returns the first pass's ``(loss detached, output)`` (output None without one)."""
+        ``(loss, output)``; returns the first pass's ``(loss detached, output)`` (output None without one).
+        ``backward=False``: the closure runs its own backward passes (the gradients it leaves are the pass's)."""
         self.base_optimizer.zero_grad(set_to_none=True)
         first = closure()
         loss, output = first if isinstance(first, tuple) else (first, None)
-        loss.backward()
+        if backward:
+            loss.backward()
         if self.rho > 0:
             try:
                 self.first_step()
                 second = closure()
-                (second[0] if isinstance(second, tuple) else second).backward()
+                if backward:
+                    (second[0] if isinstance(second, tuple) else second).backward()
             finally:
                 self.clear()
         self._clip()

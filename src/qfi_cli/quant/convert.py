@@ -10,12 +10,15 @@ from qfi_cli.quant.quantizers import QUANTIZERS, VALID_BITS, check_bits
 
 
 def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abits: int = 8,
-                   per_channel: bool = False, first_last_bits: int | None = 8) -> nn.Module:
+                   per_channel: bool = False, first_last_bits: int | None = 8,
+                   max_abs: float | None = None) -> nn.Module:
     """Replace every Conv2d and Linear of ``model`` (in place) by its quantized twin; returns the model.
 
     The first and last of those layers use ``max(bits, first_last_bits)`` (at least 8 bits by default, the
     usual policy); ``first_last_bits=None`` gives them the same bit widths as the others. Float storage
     (``quantizer="fp16"``, ``"bf16"``, ``"fp32"``) takes the format's width (or 32, the fp32 pass-through).
+    ``max_abs``: the weight clipping bound that ``rquant`` clamps weights to before taking their range (Stutz et
+    al.'s clipped RQuant; qfi passes ``train.clip_weights``); other quantizers take none.
 
     >>> m = quantize_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2)), wbits=4)
     >>> [layer.wbits for _, layer in quantized_layers(m)]
@@ -36,7 +39,8 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
         owner = model.get_submodule(parent) if parent else model
         old = getattr(owner, child)
         new_cls = QuanConv2d if isinstance(old, nn.Conv2d) else QuanLinear
-        new = new_cls.from_float(old, kind(per_channel=per_channel), kind(per_channel=False), wb, ab)
+        w_fn = kind(per_channel=per_channel, max_abs=max_abs) if max_abs is not None else kind(per_channel=per_channel)
+        new = new_cls.from_float(old, w_fn, kind(per_channel=False), wb, ab)
         with torch.no_grad():
             new.quan_w_fn(new.weight, wb)  # data-free weight init (LSQ's step size)
         setattr(owner, child, new)
@@ -62,3 +66,41 @@ def weight_bits_total(model: nn.Module) -> int:
     32
     """
     return sum(m.weight.numel() * m.wbits for _, m in quantized_layers(model))
+
+
+def stored_widths(model: nn.Module) -> dict[str, int]:
+    """The weight bit width each quantized layer stores, by layer name (what ran, not what was asked for).
+
+    >>> stored_widths(quantize_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)), wbits=4))
+    {'0': 8, '1': 4, '2': 8}
+    """
+    return {name: int(m.wbits) for name, m in quantized_layers(model)}
+
+
+def widths_label(widths: dict[str, int] | list[int], wbits: int | None = None) -> str:
+    """How a model's stored weight widths read in a label: ``w4`` when every layer stores 4 bits, ``w4 (first/last
+    8)`` when only the first and last layers differ, else ``w4 (4-8 mixed)``. ``wbits``: the width asked for (the
+    most common width when None).
+
+    >>> widths_label([8, 4, 4, 8], 4), widths_label([4, 4], 4), widths_label([8, 4, 6, 8], 4), widths_label([16])
+    ('w4 (first/last 8)', 'w4', 'w4 (4-8 mixed)', 'w16')
+    """
+    ws = list(widths.values()) if isinstance(widths, dict) else list(widths)
+    if not ws:
+        return "w?" if wbits is None else f"w{wbits}"
+    m = max(set(ws), key=ws.count) if wbits is None else int(wbits)
+    if all(w == m for w in ws):
+        return f"w{m}"
+    inner = ws[1:-1]
+    if len(ws) >= 2 and ws[0] == ws[-1] != m and all(w == m for w in inner):
+        return f"w{m} (first/last {ws[0]})"
+    return f"w{m} ({min(ws)}-{max(ws)} mixed)"
+
+
+def bits_all_at(model: nn.Module, wbits: int) -> int:
+    """Stored weight bits the model would have with every quantized layer at ``wbits`` (the reference's m-bit models).
+
+    >>> bits_all_at(quantize_model(nn.Sequential(nn.Linear(4, 2, bias=False)), wbits=8), 4)
+    32
+    """
+    return sum(m.weight.numel() * int(wbits) for _, m in quantized_layers(model))

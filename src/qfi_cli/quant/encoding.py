@@ -142,3 +142,92 @@ class Quantized(NamedTuple):
 
     value: torch.Tensor
     encoding: Encoding
+
+
+RQUANT_EPSILON = 0.001  # Stutz et al.'s step is (1 + 0.001) / (2**(m-1) - 1): the grid's ends lie just past [-1, 1]
+
+
+@dataclass(frozen=True, eq=False)
+class RQuantEncoding(Encoding):
+    """Stutz et al.'s RQuant storage (``ClippedAdaptiveAlternativeUnsymmetricUnsignedRoundedFixedPointQuantization``
+    of random-bit-error-robustness, ``common/quantization.py``), one range per tensor.
+
+    A tensor, first clamped to ``[-max_abs, max_abs]`` (the weight clipping bound; none without clipping), has range
+    ``[lo, hi]`` = its min and max. Encoding maps it to ``t = 2 (x - lo) / (hi - lo) - 1`` in [-1, 1] and stores the
+    unsigned m-bit code ``c = round(min(clamp(t, -1, 1) / delta + 2**(m-1), 2**m - 1))`` with
+    ``delta = 1.001 / (2**(m-1) - 1)``: codes 1 .. 2**m - 1, so ``2**m - 1`` distinct values (3 at 2 bits). Decoding
+    is ``d = clamp((clamp(c, 0, 2**m - 1) - 2**(m-1)) * delta, -1, 1)`` and ``value = clamp((d + 1) / 2 * (hi - lo)
+    + lo, lo, hi)``: every code, a bit error's too, decodes inside the tensor's range (code 0, never stored, decodes
+    to ``lo`` like code 1). Every step is the reference's float32 operation in the reference's order, so codes and
+    values agree bit for bit. A constant tensor (``hi == lo``) is stored as code 0 and every code decodes to the constant
+    (the reference divides 0 by 0 there: its NaN codes cast to 0, and every code decodes to the constant).
+
+    ``lo``, ``hi`` and ``span`` (``hi - lo`` rounded once to float32, as the reference's Python float difference
+    is when it multiplies a float32 tensor) are 0-dim float32 tensors.
+
+    >>> enc = RQuantEncoding(bits=2, lo=torch.tensor(-1.0), hi=torch.tensor(2.0), span=torch.tensor(3.0))
+    >>> enc.encode(torch.tensor([-1.0, 0.5, 2.0])).tolist(), enc.decode(torch.tensor([0, 1, 2, 3])).tolist()
+    ([1, 2, 3], [-1.0, -1.0, 0.5, 2.0])
+    """
+
+    lo: Any = None
+    hi: Any = None
+    span: Any = None
+    max_abs: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signed", False)
+
+    @property
+    def delta(self) -> float:
+        return (1 + RQUANT_EPSILON) / (2 ** (self.bits - 1) - 1)
+
+    @functools.cached_property
+    def _numpy(self) -> tuple[np.float32, np.float32, np.float32]:
+        return tuple(np.float32(t.detach().cpu().item()) for t in (self.lo, self.hi, self.span))
+
+    def _bounds(self, like: Any) -> tuple[Any, Any, Any]:
+        if isinstance(like, np.ndarray):
+            return self._numpy
+        return tuple(t.detach().to(like.device) for t in (self.lo, self.hi, self.span))
+
+    def codes(self, values: Any, index: Any = None) -> Any:
+        """The stored codes (int64 in [0, 2**bits)) of ``values`` (float32 arithmetic, as the reference)."""
+        half, top = 2 ** (self.bits - 1), 2**self.bits - 1
+        if isinstance(values, np.ndarray):
+            lo, hi, span = self._numpy
+            x = values.astype(np.float32)
+            if self.max_abs is not None:
+                x = np.clip(x, np.float32(-self.max_abs), np.float32(self.max_abs))
+            x = np.clip(x, lo, hi)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                t = (x - lo) / span * np.float32(2) - np.float32(1)
+            q = np.minimum(np.clip(t, np.float32(-1), np.float32(1)) / np.float32(self.delta) + np.float32(half),
+                           np.float32(top))
+            q = np.rint(q)
+            return np.where(span == 0, 0, q).astype(np.int64)
+        lo, hi, span = self._bounds(values)
+        x = values.detach().float()
+        if self.max_abs is not None:
+            x = x.clamp(-self.max_abs, self.max_abs)
+        t = torch.minimum(torch.maximum(x, lo), hi).sub_(lo).div_(span).mul_(2).sub_(1)
+        q = t.clamp_(-1, 1).div_(self.delta).add_(half).clamp_(max=top).round_()
+        return torch.where(span == 0, torch.zeros_like(q), q).long()
+
+    def encode(self, values: Any, index: Any = None) -> Any:
+        return self.codes(values, index)
+
+    def decode(self, patterns: Any, index: Any = None, dtype: Any = torch.float32) -> Any:
+        half, top = 2 ** (self.bits - 1), 2**self.bits - 1
+        if isinstance(patterns, np.ndarray):
+            lo, hi, span = self._numpy
+            u = (patterns.astype(np.int64, copy=False) & top).astype(np.float32)
+            d = np.clip((np.clip(u, np.float32(0), np.float32(top)) - np.float32(half)) * np.float32(self.delta),
+                        np.float32(-1), np.float32(1))
+            v = np.clip((d + np.float32(1)) / np.float32(2) * span + lo, lo, hi)
+            return v.astype(dtype, copy=False)
+        lo, hi, span = self._bounds(patterns)
+        u = torch.bitwise_and(patterns.long(), top).float()
+        d = u.clamp_(0, top).sub_(half).mul_(self.delta).clamp_(-1, 1)
+        v = d.add_(1).div_(2).mul_(span).add_(lo)
+        return torch.minimum(torch.maximum(v, lo), hi).to(dtype)

@@ -1,5 +1,5 @@
-"""Quantizers: LSQ (learned step size), symmetric min-max (per tensor or per channel) and RQuant (asymmetric,
-unsigned codes).
+"""Quantizers: LSQ (learned step size), symmetric min-max (per tensor or per channel), affine (asymmetric,
+unsigned codes) and RQuant (Stutz et al.'s robust quantization, as their code does it).
 
 ``q.quantize(x, bits, is_activation=False)`` returns ``Quantized(value, encoding)``: the fake-quantized tensor
 ``(codes - zero_point) * scale`` with straight-through gradients, and the ``Encoding`` record saying how it is
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.quant.encoding import FLOAT_FORMATS, FP32, Encoding, Quantized, float_encoding
+from qfi_cli.quant.encoding import FLOAT_FORMATS, FP32, Encoding, Quantized, RQuantEncoding, float_encoding
 from qfi_cli.registry import Registry
 
 QUANTIZERS: Registry[type["Quantizer"]] = Registry("quantizer")
@@ -273,26 +273,34 @@ class MinMaxQuantizer(Quantizer):
         return Quantized(fake_quantize(x, scale, qn, qp), self._encoding(x, bits, scale, signed))
 
 
-@QUANTIZERS.register("rquant")
-class RQuantizer(Quantizer):
-    """Robust quantization (Stutz et al., 2021, "RQuant"): asymmetric range ``[min x, max x]`` per layer (or per
-    channel), unsigned k-bit codes, round to nearest.
+def straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` in the forward pass, the identity to ``x`` in the backward pass (every entry gets its gradient)."""
+    return x + (value - x).detach() if torch.is_grad_enabled() and x.requires_grad else value
 
-    ``scale = (max x - min x) / (2**k - 1)`` and ``zero_point = round(-min x / scale)`` (clamped to the code range,
-    so 0 is always representable and maps to a code exactly); stored codes ``c = clamp(round(x / scale) +
-    zero_point, 0, 2**k - 1)`` are unsigned, and ``value = (c - zero_point) * scale``. A bit error in the top bit
-    moves a weight by ``2**(k-1) * scale`` and keeps it inside the layer's range ``[min x, max x]``.
 
-    >>> q = RQuantizer()
-    >>> w = torch.tensor([-0.5, 0.0, 0.5, 1.0])
-    >>> value, enc = q.quantize(w, 2)          # scale 1.5 / 3 = 0.5, zero point round(0.5 / 0.5) = 1
+@QUANTIZERS.register("affine")
+class AffineQuantizer(Quantizer):
+    """Asymmetric (affine) quantization: range ``[min(min x, 0), max(max x, 0)]`` per layer (or per channel),
+    unsigned k-bit codes, round to nearest.
+
+    ``scale = (hi - lo) / (2**k - 1)`` and ``zero_point = round(-lo / scale)``; stored codes ``c = clamp(round(x /
+    scale) + zero_point, 0, 2**k - 1)`` and ``value = (c - zero_point) * scale``. The range always holds 0 and the
+    data (a one-signed tensor keeps its whole range), so the zero point is a code and no entry is clipped; the
+    gradient passes straight through to every weight (the rounded zero point may put one end of the range half a
+    step outside the grid: those entries round to the end code but keep their gradient).
+
+    >>> q = AffineQuantizer()
+    >>> value, enc = q.quantize(torch.tensor([-0.5, 0.0, 0.5, 1.0]), 2)   # scale 1.5 / 3 = 0.5, zero point 1
     >>> enc.codes(value).tolist(), enc.zero_point, enc.signed
     ([0, 1, 2, 3], 1, False)
+    >>> x = torch.tensor([0.2, 0.37, 0.9])                                 # one-signed: range [0, 0.9]
+    >>> bool((q(x, 8) - x).abs().max() <= 0.9 / 255 / 2)
+    True
     """
 
     def __init__(self, per_channel: bool = False) -> None:
         if per_channel:
-            raise QfiError("rquant quantizes per layer (one range, one zero point): set quant.per_channel=false")
+            raise QfiError("affine quantizes per layer (one range, one zero point): set quant.per_channel=false")
         super().__init__(per_channel)
 
     def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
@@ -302,11 +310,47 @@ class RQuantizer(Quantizer):
         with torch.no_grad():
             shape = self._reduce_shape(x, is_activation)
             lo, hi = _amin_amax(x, shape)
-            lo, hi = lo.view(shape), hi.view(shape)
+            lo, hi = lo.clamp(max=0).view(shape), hi.clamp(min=0).view(shape)
             scale = ((hi - lo) / top).clamp_min(1e-12)
             zero_point = int(torch.round(-lo / scale).clamp(0, top).reshape(-1)[0])
-        return Quantized(fake_quantize(x, scale, -zero_point, top - zero_point),
-                         self._encoding(x, bits, scale, signed=False, zero_point=zero_point))
+            value = fake_quantize(x.detach(), scale, -zero_point, top - zero_point)
+        return Quantized(straight_through(x, value), self._encoding(x, bits, scale, signed=False, zero_point=zero_point))
+
+
+@QUANTIZERS.register("rquant")
+class RQuantizer(Quantizer):
+    """Robust quantization, RQuant (Stutz et al., MLSys 2021): their
+    ``ClippedAdaptiveAlternativeUnsymmetricUnsignedRoundedFixedPointQuantization``, bit for bit.
+
+    Per tensor: clamp to ``[-max_abs, max_abs]`` (the weight clipping bound; qfi passes ``train.clip_weights`` for
+    weights, none for activations), take the range ``[min, max]``, map it to [-1, 1] and store unsigned m-bit codes
+    of a symmetric fixed-point grid with offset ``2**(m-1)`` and step ``1.001 / (2**(m-1) - 1)`` (``2**m - 1``
+    levels; see ``RQuantEncoding``). The straight-through gradient is the identity to every weight, as theirs (they
+    copy the quantized model's gradients onto the float weights).
+
+    >>> q = RQuantizer()
+    >>> value, enc = q.quantize(torch.tensor([-1.0, 0.0, 0.5, 2.0]), 2)   # 3 levels: -1, 0.5, 2
+    >>> enc.codes(value).tolist(), value.tolist()
+    ([1, 2, 2, 3], [-1.0, 0.5, 0.5, 2.0])
+    """
+
+    def __init__(self, per_channel: bool = False, max_abs: float | None = None) -> None:
+        if per_channel:
+            raise QfiError("rquant quantizes per layer (one range, one zero point): set quant.per_channel=false")
+        super().__init__(per_channel)
+        self.max_abs = None if max_abs is None else float(max_abs)
+
+    def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
+        if bits >= 32:
+            return Quantized(x, FP32)
+        max_abs = None if is_activation else self.max_abs
+        with torch.no_grad():
+            clipped = x.detach() if max_abs is None else x.detach().clamp(-max_abs, max_abs)
+            lo, hi = torch.aminmax(clipped.float())
+            span = (hi.double() - lo.double()).float()  # the reference's Python-float difference, used as float32
+            enc = RQuantEncoding(bits=bits, lo=lo, hi=hi, span=span, max_abs=max_abs)
+            value = enc.decode(enc.codes(x), dtype=x.dtype)
+        return Quantized(straight_through(x, value), enc)
 
 
 class FloatQuantizer(Quantizer):
