@@ -48,7 +48,8 @@ def flipped_value(code: int, bit: int, m) -> tuple[int, float]:
     return new, new - enc.zero_point
 
 
-@pytest.mark.parametrize("quantizer,per_channel", [("minmax", False), ("minmax", True), ("rquant", False)])
+@pytest.mark.parametrize("quantizer,per_channel", [("minmax", False), ("minmax", True), ("affine", False),
+                                                   ("rquant", False)])
 def test_first_flip_is_the_best_single_flip_by_brute_force(quantizer, per_channel):
     """With every bit of every layer a candidate, the first committed flip raises the attack batch's loss the most
     among all single flips (each one's loss computed independently of the search's code path)."""
@@ -59,15 +60,18 @@ def test_first_flip_is_the_best_single_flip_by_brute_force(quantizer, per_channe
         losses = {}
         for name, m in layers:
             flat = m.frozen_weight.view(-1)
-            codes = m.frozen_encoding.codes(m.frozen_weight).view(-1).tolist()
-            scale = m.frozen_encoding.scale.detach().reshape(-1)
-            group = m.frozen_encoding.group
+            enc = m.frozen_encoding
+            codes = enc.codes(m.frozen_weight).view(-1).tolist()
+            scale = None if enc.scale is None else enc.scale.detach().reshape(-1)
             for i, code in enumerate(codes):
-                s = scale[0] if scale.numel() == 1 else scale[i // group]
-                for b in range(m.frozen_encoding.bits):
-                    _, units = flipped_value(code, b, m)
+                for b in range(enc.bits):
+                    new, units = flipped_value(code, b, m)
                     old = flat[i].clone()
-                    flat[i] = torch.tensor(float(units), dtype=flat.dtype) * s
+                    if scale is None:  # RQuant: no scale; its decoding is checked against the reference elsewhere
+                        flat[i] = enc.decode(torch.tensor([new]), dtype=flat.dtype)[0]
+                    else:
+                        flat[i] = torch.tensor(float(units), dtype=flat.dtype) * scale[
+                            0 if scale.numel() == 1 else i // enc.group]
                     with torch.no_grad():
                         losses[(name, i, b)] = float(F.cross_entropy(model(x), y))
                     flat[i] = old

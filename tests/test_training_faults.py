@@ -211,23 +211,26 @@ def test_randbet_injects_on_the_steps_its_curriculum_turns_on(batch):
 
 
 def test_clipping_projects_every_trainable_parameter_before_each_forward(monkeypatch, tmp_path):
-    """Stutz et al.'s BoxProjection: before each step's forward every trainable parameter (biases and norm
-    parameters too, not the quantizers' step sizes) lies in [-w_max, w_max]; so does the saved model."""
+    """Stutz et al.'s BoxProjection: before each step's forward every trainable parameter (biases and norm shifts
+    too, not the quantizers' step sizes) lies in [-w_max, w_max], norm scales within w_max of 1 (their norms hold
+    the scale as 1 + gamma); so does the saved model."""
     from qfi_cli.engine.train import network_parameters
 
     seen = []
     original = SAM.step
 
     def spy(self, closure, backward=True):
-        seen.append(max(float(p.detach().abs().max()) for p in network_parameters(self.model)))
+        seen.append(max(float((p.detach() - centre).abs().max()) for p, centre in network_parameters(self.model)))
         return original(self, closure, backward=backward)
 
     monkeypatch.setattr(SAM, "step", spy)
     train(compose([*TINY, "train.clip_weights=0.05", "train.lr=0.5"]), tmp_path)
     assert len(seen) == 4 and all(v <= np.float32(0.05) for v in seen), seen
     saved = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
-    assert all(v.abs().max() <= np.float32(0.05) for k, v in saved.items()
-               if v.is_floating_point() and "quan_" not in k and "running" not in k)
+    model = {k: v for k, v in saved.items() if v.is_floating_point() and "quan_" not in k and "running" not in k}
+    norm_scales = {k for k in model if k.endswith("weight") and model[k].dim() == 1}
+    assert norm_scales and all((v - (1.0 if k in norm_scales else 0.0)).abs().max() <= np.float32(0.05) + 1e-7
+                               for k, v in model.items()), model.keys()
 
 
 def test_clip_weights_projects_weights_biases_and_norms_but_not_step_sizes():
@@ -235,14 +238,16 @@ def test_clip_weights_projects_weights_biases_and_norms_but_not_step_sizes():
     calibrate(model, torch.randn(4, 1, 8, 8, dtype=torch.float64))
     with torch.no_grad():
         for p in model.parameters():
-            p.mul_(100).add_(1)
+            p.mul_(100).add_(3)
     steps = {k: v.clone() for k, v in model.named_parameters() if "quan_" in k}
     clip_weights(model, 0.1)
+    norm_scales = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert len(norm_scales) == 2
     for k, p in model.named_parameters():
         if "quan_" in k:
             assert torch.equal(p, steps[k])
         else:
-            assert float(p.detach().abs().max()) == pytest.approx(0.1)
+            assert float(p.detach().max()) == pytest.approx(1.1 if k in norm_scales else 0.1)
 
 
 @pytest.mark.parametrize("recipe", ["normal", "rquant", "clipping", "randbet", "sam", "sam_clipping", "sam_randbet"])

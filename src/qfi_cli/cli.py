@@ -151,7 +151,9 @@ def train(
     recipe: Annotated[Optional[str], typer.Option(help="Training recipe (conf/recipe): normal, rquant, clipping, "
                                                        "randbet, advbet, sam, sam_clipping, sam_randbet, sam_advbet.",
                                                   show_default="none: the settings below")] = None,
-    wbits: Annotated[Optional[int], typer.Option(help="Weight bits: 2..8, or 32 (float).",
+    wbits: Annotated[Optional[int], typer.Option(help="Weight bits: 2..8, or 32 (float). The first and last "
+                                                 "layers keep max(bits, quant.first_last_bits) (8 unless "
+                                                 "quant.first_last_bits=null); labels say what was stored.",
                                                  show_default=_default("quant/lsq", "wbits"))] = None,
     abits: Annotated[Optional[int], typer.Option(help="Activation bits: 2..8, or 32 (float).",
                                                  show_default=_default("quant/lsq", "abits"))] = None,
@@ -190,7 +192,7 @@ def train(
         ov.append("overwrite=true")
     metrics = _run("train", ov, overrides, out)["result"]
     if metrics:
-        _table("qfi train", {k: v for k, v in metrics.items() if k not in ("history",)})
+        _table("qfi train", {k: v for k, v in metrics.items() if k not in ("history", "widths")})
 
 
 def _bers(text: str | None) -> list[float] | None:
@@ -250,6 +252,9 @@ def inject_eval(
             "accuracy (mean ± std)": f"{results['accuracy_mean']:.4f} ± {results['accuracy_std']:.4f}",
             "95% CI": "n/a (one trial)" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]",
             "robust error (RErr)": results["rerr_mean"],
+            **({"stored weights": f"{results['wbits_label']}: {results['bits_model']} bits "
+                                  f"({results['bits_model'] / results['bits_all_wbits']:.2f}x all "
+                                  f"{results['wbits']}-bit)"} if results.get("wbits_label") else {}),
             "flips per trial (mean)": f"{sum(results['flips']) / len(results['flips']):.1f} of "
                                       f"{results['bits_total']} bits",
             "NaN trials": results["nan_trials"], "seconds": results["seconds"],

@@ -24,7 +24,7 @@ from qfi_cli.engine.evaluate import load_trained, mean_ci95
 from qfi_cli.faults import FaultConfig, FaultInjector
 from qfi_cli.faults.search import BitSearch
 from qfi_cli.progress import Reporter
-from qfi_cli.quant import frozen_weights, quantized_layers, weight_bits_total
+from qfi_cli.quant import frozen_weights, quantized_layers, stored_record, weight_bits_total
 from qfi_cli.stats import describe_ci
 
 DENSE_COUNTS = 32  # up to this many flips the random baseline is measured at every count
@@ -156,7 +156,8 @@ def attack(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporter: Re
         "attack_samples": int(x.shape[0]), "attack_split": "train", "accuracy_split": "test",
         "labels": "clean model's predictions", "samples": _samples(data, limit), "limit": limit,
         "seconds_per_flip": search_seconds / n if n else None, "search_seconds": round(search_seconds, 3),
-        "bits_model": weight_bits_total(model), "checkpoint": str(Path(checkpoint).resolve()),
+        "bits_model": weight_bits_total(model), **stored_record(model, saved["quant"]["wbits"]),
+        "checkpoint": str(Path(checkpoint).resolve()),
         "model": saved["model"]["name"], "dataset": saved["data"]["name"], "recipe": saved.get("recipe"),
         "wbits": saved["quant"]["wbits"], "quantizer": saved["quant"]["name"], "rho": saved["sam"]["rho"],
         "seed": saved.get("seed"), "train_metrics": ckpt.get("metrics") or {}, "device": str(device),

@@ -26,7 +26,7 @@ from qfi_cli.faults import FaultInjector
 from qfi_cli.io import load_checkpoint
 from qfi_cli.models import model_label
 from qfi_cli.progress import Reporter
-from qfi_cli.quant import frozen_weights, weight_bits_total
+from qfi_cli.quant import frozen_weights, stored_record, weight_bits_total
 from qfi_cli.stats import bootstrap_ci, describe_ci
 
 
@@ -187,6 +187,7 @@ def result_record(cfg: RunConfig, stats: TrialStats, injector: FaultInjector, mo
         "rerr_mean": summary["rerr_mean"],
         "accuracies": stats.accuracies, "rerrs": stats.rerrs, "flips": stats.flips,
         "bits_total": injector.exposed_weight_bits(), "bits_model": weight_bits_total(model),
+        **stored_record(model, saved["quant"]["wbits"]),
         "nan_trials": stats.nan_trials, "nonfinite_predictions": stats.nonfinite,
         "fault": fault.as_dict() | {"ber": ber, "count": fault.count if count is None else count},
         "checkpoint": str(Path(checkpoint).resolve()),

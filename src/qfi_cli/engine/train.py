@@ -41,7 +41,7 @@ from qfi_cli.loggers import make_logger, scalars
 from qfi_cli.optim import SAM
 from qfi_cli.optim.sam import frozen_bn_stats
 from qfi_cli.progress import Reporter
-from qfi_cli.quant import calibrate, quantized_layers
+from qfi_cli.quant import calibrate, quantized_layers, stored_record
 
 log = logging.getLogger(__name__)
 
@@ -197,27 +197,35 @@ class TrainingFaults:
                 injector.detach()
 
 
-def network_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The model's trainable parameters but its quantizers' own (LSQ step sizes): what weight clipping projects."""
+NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.InstanceNorm2d)
+
+
+def network_parameters(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, float]]:
+    """What weight clipping projects: every trainable parameter but the quantizers' own (LSQ step sizes), each with
+    its centre: 1 for a normalisation layer's scale, 0 otherwise."""
     quantizer = {id(p) for _, m in quantized_layers(model) for q in (m.quan_w_fn, m.quan_a_fn) for p in q.parameters()}
-    return [p for p in model.parameters() if p.requires_grad and id(p) not in quantizer]
+    scales = {id(m.weight) for m in model.modules() if isinstance(m, NORMS) and getattr(m, "weight", None) is not None}
+    return [(p, 1.0 if id(p) in scales else 0.0) for p in model.parameters()
+            if p.requires_grad and id(p) not in quantizer]
 
 
 def clip_weights(model: torch.nn.Module, w_max: float) -> None:
-    """Project every trainable parameter of the network (weights, biases, normalisation scales and shifts; not the
-    quantizers' step sizes) into ``[-w_max, w_max]``, in place: Stutz et al.'s weight clipping
-    (``BoxProjection`` of every trainable parameter, before each forward).
+    """Stutz et al.'s weight clipping (``BoxProjection`` of every trainable parameter, before each forward), in place:
+    weights, biases and normalisation shifts into ``[-w_max, w_max]``, normalisation scales into ``[1 - w_max, 1 +
+    w_max]``. Their models hold a normalisation scale as ``1 + gamma`` with ``gamma`` a parameter (reparameterised
+    batch / group norm), which the projection keeps in ``[-w_max, w_max]``; qfi's layers hold the scale itself, so
+    the same projection keeps it within ``w_max`` of 1. The quantizers' step sizes are not projected.
 
     >>> from torch import nn
     >>> from qfi_cli.quant import quantize_model
-    >>> m = quantize_model(nn.Sequential(nn.Linear(2, 2)))
-    >>> with torch.no_grad(): _ = m[0].weight.fill_(3.0); _ = m[0].bias.fill_(-2.0)
-    >>> clip_weights(m, 0.5); m[0].weight.abs().max().item(), m[0].bias.min().item()
-    (0.5, -0.5)
+    >>> m = quantize_model(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    >>> with torch.no_grad(): _ = m[0].weight.fill_(3.0); _ = m[0].bias.fill_(-2.0); _ = m[1].weight.fill_(0.2)
+    >>> clip_weights(m, 0.5); m[0].weight.abs().max().item(), m[0].bias.min().item(), m[1].weight.min().item()
+    (0.5, -0.5, 0.5)
     """
     with torch.no_grad():
-        for p in network_parameters(model):
-            p.clamp_(-w_max, w_max)
+        for p, centre in network_parameters(model):
+            p.clamp_(centre - w_max, centre + w_max)
 
 
 def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Reporter | None = None,
@@ -314,7 +322,7 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
                    "train_accuracy": last["train_accuracy"], "epochs": epochs,
                    **sharpness(model, data, rho=tcfg.sharpness_rho, batch_size=tcfg.sharpness_batch, seed=cfg.seed),
                    "seconds": round(prior_seconds + time.perf_counter() - start_time, 3), "device": str(device),
-                   "history": history}
+                   **stored_record(model, cfg.quant.wbits), "history": history}
         save_checkpoint(out_dir / MODEL, model.state_dict(), cfg.as_dict(),
                         metrics={k: v for k, v in metrics.items() if k != "history"})
         write_json(out_dir / METRICS, metrics)

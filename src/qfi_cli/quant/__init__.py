@@ -1,13 +1,13 @@
 """Quantization: quantizers (LSQ, min-max, affine, RQuant), their storage record (Encoding), quantized layers, conversion."""
 
-from qfi_cli.quant.convert import (bits_all_at, calibrate, quantize_model, stored_widths, weight_bits_total,
-                                   widths_label)
+from qfi_cli.quant.convert import (bits_all_at, calibrate, quantize_model, stored_record, stored_widths,
+                                   weight_bits_total, widths_label)
 from qfi_cli.quant.encoding import FLOAT_FORMATS, Encoding, Quantized, RQuantEncoding, float_encoding
 from qfi_cli.quant.layers import QuanConv2d, QuanLinear, frozen_weights, quantized_layers
 from qfi_cli.quant.quantizers import (QUANTIZERS, AffineQuantizer, LSQQuantizer, MinMaxQuantizer, Quantizer,
                                       RQuantizer, check_bits, code_range)
 
-__all__ = ["FLOAT_FORMATS", "QUANTIZERS", "AffineQuantizer", "Encoding", "RQuantEncoding", "bits_all_at", "stored_widths",
-           "widths_label", "LSQQuantizer", "MinMaxQuantizer", "QuanConv2d", "QuanLinear",
-           "Quantized", "Quantizer", "RQuantizer", "calibrate", "check_bits", "code_range", "float_encoding",
-           "frozen_weights", "quantize_model", "quantized_layers", "weight_bits_total"]
+__all__ = ["AffineQuantizer", "Encoding", "FLOAT_FORMATS", "LSQQuantizer", "MinMaxQuantizer", "QUANTIZERS",
+           "QuanConv2d", "QuanLinear", "Quantized", "Quantizer", "RQuantEncoding", "RQuantizer", "bits_all_at",
+           "calibrate", "check_bits", "code_range", "float_encoding", "frozen_weights", "quantize_model",
+           "quantized_layers", "stored_record", "stored_widths", "weight_bits_total", "widths_label"]

@@ -97,6 +97,17 @@ def widths_label(widths: dict[str, int] | list[int], wbits: int | None = None) -
     return f"w{m} ({min(ws)}-{max(ws)} mixed)"
 
 
+def stored_record(model: nn.Module, wbits: int) -> dict:
+    """What results.json says of the stored weights: ``widths`` (layer -> bits), ``wbits_label`` and
+    ``bits_all_wbits`` (the stored bits were every layer at ``wbits``, to set against ``bits_model``).
+
+    >>> stored_record(quantize_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)), wbits=4), 4)
+    {'widths': {'0': 8, '1': 4, '2': 8}, 'wbits_label': 'w4 (first/last 8)', 'bits_all_wbits': 160}
+    """
+    widths = stored_widths(model)
+    return {"widths": widths, "wbits_label": widths_label(widths, wbits), "bits_all_wbits": bits_all_at(model, wbits)}
+
+
 def bits_all_at(model: nn.Module, wbits: int) -> int:
     """Stored weight bits the model would have with every quantized layer at ``wbits`` (the reference's m-bit models).
 

@@ -30,7 +30,7 @@ from typing import Any
 from qfi_cli.io import atomic_write
 from qfi_cli.layout import ATTACK, ATTACK_CURVE, ATTACKS_CSV
 from qfi_cli.report.collect import (SEED_KEY, SHARPNESS, _integer, _Invalid, _number, _one_line, _result_files,
-                                    _show, config_order, factors, point_keys, sort_value)
+                                    _show, config_order, factors, point_keys, sort_value, stored_label)
 from qfi_cli.report.study import Config, Estimate, Study
 from qfi_cli.stats import bootstrap_ci, describe_seed_ci
 
@@ -66,6 +66,7 @@ def _fields(res: dict[str, Any]) -> dict[str, Any]:
         "_seconds_per_flip": _number(res, "seconds_per_flip", high=None, required=False),
         "_model": res.get("model"), "_dataset": res.get("dataset"), "_recipe": res.get("recipe"),
         "_wbits": _integer(res, "wbits", low=1, required=False),
+        "_widths": stored_label(res),
         "_rho": _number(res, "rho", low=0.0, high=None, required=False),
         **{f"_{k}": _number(metrics or {}, k, low=None, high=None, required=False) for k in SHARPNESS},
     }
@@ -272,7 +273,8 @@ def attack_figure(result: dict[str, Any]) -> Any:
         f"target not reached in {result.get('flips_committed')} flips"
     made = ", ".join(p for p in (result.get("recipe") and f"recipe {result['recipe']}",
                                  result.get("seed") is not None and f"seed {result['seed']}") if p)
-    subject = (f"{result.get('model', 'model')} w{result.get('wbits', '?')}" + (f" ({made})" if made else "")
+    widths = stored_label(result) or f"w{result.get('wbits', '?')}"
+    subject = (f"{result.get('model', 'model')} {widths}" + (f" ({made})" if made else "")
                + f" on {result.get('dataset', '?')}")
     fig.suptitle(f"Chosen (progressive bit search) vs random weight bit flips\n{subject}: {reached}", fontsize=11)
     if not flips and not random.get("counts"):

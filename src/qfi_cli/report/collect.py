@@ -26,11 +26,13 @@ from typing import Any, Iterable
 from qfi_cli.errors import QfiError
 from qfi_cli.io import read_json
 from qfi_cli.layout import ATTACK, MODELS_DIR, RESULTS
+from qfi_cli.quant.convert import widths_label
 from qfi_cli.stats import bootstrap_ci, describe_ci
 
 BER_KEY = "fault.ber"
 SEED_KEY = "seed"  # the training seed: a replicate, not a factor
 RECIPE_KEY = "recipe"
+WBITS_KEY = "quant.wbits"
 BASELINE_RECIPE = "normal"
 RECIPE_ORDER = ("normal", "rquant", "clipping", "randbet", "advbet", "sam", "sam_clipping", "sam_randbet",
                 "sam_advbet")
@@ -215,6 +217,7 @@ def _ok_fields(res: dict, point: dict) -> dict[str, Any]:
         "_accuracies": accuracies, "_rerrs": rerrs,
         "_model": res.get("model"), "_dataset": res.get("dataset"), "_recipe": res.get("recipe"),
         "_wbits": _integer(res, "wbits", low=1, required=False),
+        "_widths": stored_label(res),
         "_rho": _number(res, "rho", low=0.0, high=None, required=False),
         **{f"_{k}": v for k, v in sharp.items()},
     }
@@ -301,6 +304,37 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def stored_label(res: dict[str, Any]) -> str | None:
+    """The stored weight widths a result says ran (``w4 (first/last 8)``), from its ``widths`` (layer -> bits) and
+    ``wbits``; None for results that predate them.
+
+    >>> stored_label({"wbits": 4, "widths": {"conv1": 8, "conv2": 4, "fc": 8}}), stored_label({"wbits": 4})
+    ('w4 (first/last 8)', None)
+    """
+    widths = res.get("widths")
+    if not isinstance(widths, dict) or not widths or not all(isinstance(v, int) for v in widths.values()):
+        return None
+    wbits = res.get("wbits")
+    return widths_label(widths, wbits if isinstance(wbits, int) else None)
+
+
+def shown_value(row: dict[str, Any], key: str) -> str:
+    """A factor's value as labels show it: ``quant.wbits`` says the widths that were stored when some layers kept
+    others (``4 (first/last 8)``).
+
+    >>> shown_value({"quant.wbits": 4, "_widths": "w4 (first/last 8)"}, "quant.wbits")
+    '4 (first/last 8)'
+    >>> shown_value({"quant.wbits": 4, "_widths": "w4"}, "quant.wbits"), shown_value({"seed": 1}, "seed")
+    ('4', '1')
+    """
+    value = row.get(key)
+    text = "" if value is None else str(value)
+    widths = row.get("_widths")
+    if key == WBITS_KEY and widths and widths.startswith(f"w{text} ("):
+        return f"{text} {widths[len(f'w{text} '):]}"
+    return text
+
+
 def config_label(row: dict[str, Any], keys: list[str] | None = None) -> str:
     """What tells one configuration from another: its factor values (``keys``, default the row's own swept keys
     but the seed); when nothing is swept, the model, its weight bits, recipe and SAM rho.
@@ -313,11 +347,12 @@ def config_label(row: dict[str, Any], keys: list[str] | None = None) -> str:
     'digits_cnn w4 recipe=randbet sam.rho=0.0'
     """
     keys = factors([row]) if keys is None else keys
-    parts = [f"{k}={row[k]}" for k in keys if row.get(k) is not None and row.get(k) != ""]
+    parts = [f"{k}={shown_value(row, k)}" for k in keys if row.get(k) is not None and row.get(k) != ""]
     if parts:
         return " ".join(parts)
     model, wbits, recipe, rho = (row.get(k) for k in ("_model", "_wbits", "_recipe", "_rho"))
-    parts = [] if model is None and wbits is None else [f"{_fmt(model) or '?'} w{_fmt(wbits) or '?'}"]
+    widths = row.get("_widths") or f"w{_fmt(wbits) or '?'}"
+    parts = [] if model is None and wbits is None else [f"{_fmt(model) or '?'} {widths}"]
     parts += [f"recipe={recipe}"] if recipe is not None else []
     parts += [f"sam.rho={rho}"] if rho is not None else []
     return " ".join(parts) or "default"

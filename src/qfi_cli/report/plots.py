@@ -97,7 +97,7 @@ def curve_figure(study: Study, rows: list[dict[str, Any]], metric: str = "accura
             if clean is not None:
                 ax.axhline(clean, color=color, linestyle="--", linewidth=1.0, alpha=0.7)
                 drawn = True
-            label = f"{main}={config.values.get(main)}" if main and others else config.label
+            label = f"{main}={config.shown.get(main, config.values.get(main))}" if main and others else config.label
             handles.setdefault(label, Line2D([], [], color=color, marker=marker if xs else None, label=label))
         ax.set_xscale("log")
         if 0 < len(ticks) <= 8:
@@ -107,7 +107,8 @@ def curve_figure(study: Study, rows: list[dict[str, Any]], metric: str = "accura
         ax.tick_params(labelsize=10)
         ax.grid(True, which="major", alpha=0.35)
         if others:
-            ax.set_title(" ".join(f"{k}={configs[0].values.get(k)}" for k in others), fontsize=11)
+            ax.set_title(" ".join(f"{k}={configs[0].shown.get(k, configs[0].values.get(k))}" for k in others),
+                         fontsize=11)
         if not drawn:
             ax.text(0.5, 0.5, "no successful points to plot", transform=ax.transAxes, ha="center",
                     va="center", fontsize=12, color="0.4")

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from qfi_cli.report.collect import SHARPNESS, config_label, config_order, factors, sort_value
+from qfi_cli.report.collect import SHARPNESS, config_label, config_order, factors, shown_value, sort_value
 from qfi_cli.stats import bootstrap_ci, hierarchical_bootstrap_ci, mean_of_means
 
 
@@ -52,6 +52,7 @@ class Config:
     key: tuple
     values: dict = field(compare=False, hash=False)
     label: str = field(compare=False)
+    shown: dict = field(default_factory=dict, compare=False, hash=False)  # factor -> its text in labels
 
 
 @dataclass
@@ -146,7 +147,8 @@ def _rerr(rows: list[dict[str, Any]]) -> tuple[Estimate, bool]:
 def _config(row: dict[str, Any], keys: list[str]) -> Config:
     values = {k: row.get(k) for k in keys}
     label = config_label(row, keys)
-    return Config((tuple((k, repr(v)) for k, v in values.items()), label), values, label)
+    return Config((tuple((k, repr(v)) for k, v in values.items()), label), values, label,
+                  {k: shown_value(row, k) for k in keys})
 
 
 def _one_per_seed(rows: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:

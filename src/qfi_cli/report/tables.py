@@ -125,7 +125,7 @@ def config_columns(study: Study) -> tuple[list[Column], list[str]]:
     def column(key: str) -> Column:
         def cell(c: Config) -> tuple[str, tuple]:
             value = c.values.get(key)
-            return ("" if value is None else str(value)), (value,)
+            return c.shown.get(key, "" if value is None else str(value)), (value,)
         return Column(key, (key,), cell, left=True)
 
     return [column(k) for k in study.factors], []
