@@ -38,7 +38,7 @@ from qfi_cli.registry import Registry
 
 TRAIN_KEYS = ("model", "data", "quant", "sam", "train", "seed", "device", "recipe")
 # Keys that may differ from the saved run when resuming it: where and how to run, not what to train.
-RESUME_FREE = ("command", "resume", "overwrite", "device", "checkpoint", "logger")
+RESUME_FREE = ("command", "resume", "overwrite", "device", "checkpoint", "logger", "trust_code")
 
 
 def point_dirname(override_dirname: str) -> str:
@@ -126,7 +126,7 @@ def _resume_config(job: Job) -> RunConfig:
                        "another --out")
     if not (out / LAST_CHECKPOINT).is_file():
         raise QfiError(f"nothing to resume in {out}: no {LAST_CHECKPOINT} (start without --resume)")
-    saved = load_checkpoint(out / LAST_CHECKPOINT, map_location="cpu")["config"]
+    saved = load_checkpoint(out / LAST_CHECKPOINT, map_location="cpu", trust=job.cfg.trust())["config"]
     given = job.cfg.as_dict()  # read as the saved config was (paths resolved: model.init, data.root)
     for key, value in job.explicit.items():
         if key.split(".")[0] in RESUME_FREE:
@@ -142,7 +142,7 @@ def _resume_config(job: Job) -> RunConfig:
             raise QfiError(f"--resume continues the run in {out} as it was started: {key}={now} contradicts its "
                            f"{key}={was} (drop it, or start a new run with another --out)")
     effective = {**saved, "device": job.cfg.device, "resume": True, "command": "train",
-                 "paths": {"root": job.cfg.paths.root}}
+                 "trust_code": job.cfg.trust_code, "paths": {"root": job.cfg.paths.root}}
     return RunConfig.from_dict(effective)
 
 
