@@ -34,17 +34,18 @@ def target_label(path: str) -> str:
 
 
 def named_targets(config: Any, prefix: str = "") -> dict[str, Any]:
-    """Every ``_target_`` of a nested config (dicts and lists), by dotted key.
+    """Every ``_target_`` of a nested config (dicts, lists and tuples), by dotted key.
 
     >>> named_targets({"model": {"_target_": "m.Net"}, "data": {"name": "digits"}, "x": [{"_target_": "os.system"}]})
     {'model._target_': 'm.Net', 'x.0._target_': 'os.system'}
     """
-    items = config.items() if isinstance(config, Mapping) else enumerate(config) if isinstance(config, list) else ()
+    items = (config.items() if isinstance(config, Mapping)
+             else enumerate(config) if isinstance(config, (list, tuple)) else ())
     found = {}
     for key, value in items:
         if key == TARGET:
             found[prefix + TARGET] = value
-        elif isinstance(value, (Mapping, list)):
+        elif isinstance(value, (Mapping, list, tuple)):
             found.update(named_targets(value, f"{prefix}{key}."))
     return found
 
