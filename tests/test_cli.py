@@ -72,6 +72,45 @@ def test_training_is_deterministic_on_cpu(in_tmp):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_runs_started_in_the_same_instant_get_their_own_dirs(in_tmp, monkeypatch):
+    """Runs and sweeps without --out started at the same instant (Hydra's clock frozen) each finish in their own
+    directory: the microsecond of the start, then a random tag (``${qfi_unique:}``)."""
+    import datetime as dt
+
+    import hydra.core.utils
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2024, 1, 2, 3, 4, 5, 678901)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)  # what Hydra's ${now:...} reads
+    evaluate = ["--trials", "1", "eval.limit=50", "device=cpu"]
+    for _ in range(2):
+        result = invoke("train", "train.epochs=1", "train.limit=64", "model.width=4", "device=cpu")
+        assert result.exit_code == 0, result.output
+        result = invoke("inject-eval", *evaluate)  # the model the train before it recorded
+        assert result.exit_code == 0, result.output
+        result = invoke("sweep", "--bers", "1e-3", "fault.model=bitflip,stuck_at_0", *evaluate)
+        assert result.exit_code == 0, result.output
+    for command, done in (("train", "model.pt"), ("inject_eval", "results.json"), ("sweep", "summary.csv")):
+        dirs = list((in_tmp / "outputs" / command).iterdir())
+        assert len(dirs) == 2 and all((d / done).is_file() for d in dirs), dirs
+        assert all(d.name.startswith("2024-01-02_03-04-05-678901-") for d in dirs), dirs
+    for sweep in (in_tmp / "outputs" / "sweep").iterdir():  # every point of a sweep lies in its one directory
+        assert len(list(sweep.glob("fault.model=*/**/results.json"))) == 2
+
+
+def test_run_dirs_sort_by_start_time(in_tmp):
+    from qfi_cli.app import LAST
+
+    made = []
+    for _ in range(3):
+        assert invoke("train", "train.epochs=0", "model.width=4", "device=cpu").exit_code == 0
+        made.append(Path(LAST["out_dir"]).name)
+    assert sorted(made) == made and len(set(made)) == 3
+
+
 def test_user_mistake_is_one_line_without_traceback(in_tmp):
     result = invoke("train", "--wbits", "9", "--out", str(in_tmp / "bad"))
     assert result.exit_code != 0

@@ -57,13 +57,14 @@ def test_target_model_trains_is_evaluated_with_faults_and_swept(in_tmp):
     assert ckpt["state_dict"]["features.0.weight"].shape == (6, 1, 3, 3)
 
     from qfi_cli.engine.evaluate import load_trained
+    from qfi_cli.targets import Trust
 
-    model, _, _ = load_trained(run / "model.pt", torch.device("cpu"))
+    model, _, _ = load_trained(run / "model.pt", torch.device("cpu"), trust=Trust(code=True))
     assert isinstance(model, MyNet)
     assert isinstance(model.features[0], QuanConv2d) and isinstance(model.head, QuanLinear)
 
     result = invoke("inject-eval", "--checkpoint", run / "model.pt", "--ber", "1e-2", "--trials", "3",
-                    "--out", in_tmp / "eval", "device=cpu")
+                    "--out", in_tmp / "eval", MYNET, "device=cpu")
     assert result.exit_code == 0, result.output
     res = json.loads((in_tmp / "eval" / "results.json").read_text())
     assert res["model"] == "MyNet" and len(res["accuracies"]) == 3 and min(res["flips"]) > 0
@@ -204,7 +205,7 @@ def test_qat_and_ptq_from_float_weights(in_tmp):
     assert not (in_tmp / "ptq" / "last.pt").exists()
     path.unlink()  # rebuilding from model.pt needs its own weights, not the init file
     result = invoke("inject-eval", "--checkpoint", in_tmp / "ptq" / "model.pt", "--ber", "1e-3", "--trials", "2",
-                    "--out", in_tmp / "eval", "device=cpu")
+                    "--out", in_tmp / "eval", "--trust-code", "device=cpu")
     assert result.exit_code == 0, result.output
     res = json.loads((in_tmp / "eval" / "results.json").read_text())
     assert res["clean_accuracy"] == ckpt["metrics"]["test_accuracy"] and len(res["accuracies"]) == 2
@@ -246,7 +247,7 @@ def test_target_data_trains_and_evaluates(in_tmp):
     assert ckpt["config"]["data"] == {"_target_": "tests.user_models.make_digits", "name": "make_digits",
                                       "n_test": 300}
     result = invoke("inject-eval", "--checkpoint", run / "model.pt", "--ber", "1e-2", "--trials", "2",
-                    "--out", in_tmp / "eval", "device=cpu")
+                    "--out", in_tmp / "eval", DIGITS, "device=cpu")
     assert result.exit_code == 0, result.output
     res = json.loads((in_tmp / "eval" / "results.json").read_text())
     assert res["dataset"] == "make_digits" and res["samples"] == 300

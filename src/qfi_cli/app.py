@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import re
+import secrets
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from qfi_cli.registry import Registry
 
 TRAIN_KEYS = ("model", "data", "quant", "sam", "train", "seed", "device", "recipe")
 # Keys that may differ from the saved run when resuming it: where and how to run, not what to train.
-RESUME_FREE = ("command", "resume", "overwrite", "device", "checkpoint", "logger")
+RESUME_FREE = ("command", "resume", "overwrite", "device", "checkpoint", "logger", "trust_code")
 
 
 def point_dirname(override_dirname: str) -> str:
@@ -64,8 +65,22 @@ def rate_dirname(ber: float | None, count: int | None = None) -> str:
     return f"fault.ber={ber!r}" if ber is not None else f"fault.count={count}"
 
 
+def unique_suffix() -> str:
+    """A short random tag that keeps apart the run (or sweep) dirs of runs started in the same microsecond.
+
+    Registered as ``${qfi_unique:}`` with ``use_cache``: one value per composed config, so every later reading of
+    ``hydra.run.dir`` / ``hydra.sweep.dir`` (and every sweep point, whose config gets the cache copied) agrees.
+
+    >>> len(unique_suffix()), unique_suffix() != unique_suffix()
+    (6, True)
+    """
+    return secrets.token_hex(3)
+
+
 if not OmegaConf.has_resolver("qfi_point"):
     OmegaConf.register_new_resolver("qfi_point", point_dirname)
+if not OmegaConf.has_resolver("qfi_unique"):
+    OmegaConf.register_new_resolver("qfi_unique", unique_suffix, use_cache=True)
 
 # What the last task run in this process produced (the CLI prints it), the user mistake it hit, and the rows of
 # the last sweep's report (the CLI counts failed points).
@@ -126,7 +141,7 @@ def _resume_config(job: Job) -> RunConfig:
                        "another --out")
     if not (out / LAST_CHECKPOINT).is_file():
         raise QfiError(f"nothing to resume in {out}: no {LAST_CHECKPOINT} (start without --resume)")
-    saved = load_checkpoint(out / LAST_CHECKPOINT, map_location="cpu")["config"]
+    saved = load_checkpoint(out / LAST_CHECKPOINT, map_location="cpu", trust=job.cfg.trust())["config"]
     given = job.cfg.as_dict()  # read as the saved config was (paths resolved: model.init, data.root)
     for key, value in job.explicit.items():
         if key.split(".")[0] in RESUME_FREE:
@@ -142,7 +157,7 @@ def _resume_config(job: Job) -> RunConfig:
             raise QfiError(f"--resume continues the run in {out} as it was started: {key}={now} contradicts its "
                            f"{key}={was} (drop it, or start a new run with another --out)")
     effective = {**saved, "device": job.cfg.device, "resume": True, "command": "train",
-                 "paths": {"root": job.cfg.paths.root}}
+                 "trust_code": job.cfg.trust_code, "paths": {"root": job.cfg.paths.root}}
     return RunConfig.from_dict(effective)
 
 

@@ -60,6 +60,10 @@ Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory.",
                                              show_default="outputs/<command>/<time>")]
 Checkpoint = Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
                                                     show_default="the latest from `qfi train`")]
+TrustCode = Annotated[bool, typer.Option("--trust-code", help="Import the code (model._target_, data._target_) "
+                                                              "that the checkpoint's saved config names; without "
+                                                              "it only a _target_ this command line names is "
+                                                              "imported.")]
 
 
 def _version(value: bool) -> None:
@@ -168,6 +172,9 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out with its own "
                                                           "settings.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help="With --resume: import the code (model._target_, "
+                                                                  "data._target_) that last.pt's saved config "
+                                                                  "names.")] = False,
     overrides: Overrides = None,
 ) -> None:
     """Train a quantized model (SAM on, fault injection off); writes model.pt and metrics.json.
@@ -190,6 +197,8 @@ def train(
         ov.append("resume=true")
     if overwrite:
         ov.append("overwrite=true")
+    if trust_code:
+        ov.append("trust_code=true")
     metrics = _run("train", ov, overrides, out)["result"]
     if metrics:
         _table("qfi train", {k: v for k, v in metrics.items() if k not in ("history", "widths")})
@@ -221,6 +230,7 @@ def inject_eval(
                                                         "in this .npz file; fault=replay fault.file=FILE applies "
                                                         "them again.", show_default=False)] = None,
     out: Out = None,
+    trust_code: TrustCode = False,
     overrides: Overrides = None,
 ) -> None:
     """Evaluate a trained model under bit errors (injection on, SAM off); writes results.json.
@@ -238,6 +248,8 @@ def inject_eval(
     _opt(ov, "eval.fault_seed", seed)
     _opt(ov, "eval.save_faults", save_faults.resolve() if save_faults else None)
     _opt(ov, "hydra.run.dir", out)
+    if trust_code:
+        ov.append("trust_code=true")
     last = _run("inject-eval", ov, overrides, out)
     results = last["result"]
     if isinstance(results, list):
@@ -282,6 +294,7 @@ def sensitivity(
                                                           "with the MSB protected (budget.csv, budget.png).")]
     = False,
     out: Out = None,
+    trust_code: TrustCode = False,
     overrides: Overrides = None,
 ) -> None:
     """Map where faults hurt: RErr with faults in one layer and one bit position at a time; writes
@@ -306,6 +319,8 @@ def sensitivity(
     if budget:
         ov.append("sensitivity.budget=true")
     _opt(ov, "hydra.run.dir", out)
+    if trust_code:
+        ov.append("trust_code=true")
     last = _run("sensitivity", ov, overrides, out)
     from qfi_cli.report.sensitivity import render_sensitivity
 
@@ -329,6 +344,7 @@ def attack(
     seed: Annotated[Optional[int], typer.Option(help="Which training samples form the attack batch "
                                                      "(attack.seed).", show_default="0")] = None,
     out: Out = None,
+    trust_code: TrustCode = False,
     overrides: Overrides = None,
 ) -> None:
     """Worst-case bit flips: progressive bit search (Rakin et al., ICCV 2019) on the stored weight codes, beside
@@ -343,6 +359,8 @@ def attack(
     _opt(ov, "attack.target_accuracy", _float_text("--target-accuracy", target_accuracy))
     _opt(ov, "attack.seed", seed)
     _opt(ov, "hydra.run.dir", out)
+    if trust_code:
+        ov.append("trust_code=true")
     last = _run("attack", ov, overrides, out)
     res = last["result"]
     if not res:
@@ -381,6 +399,7 @@ def sweep(
     fault_seed: Annotated[Optional[int], typer.Option("--fault-seed", help="Seed of the fault patterns, shared by "
                                                                            "every model of the sweep.",
                                                       show_default="0")] = None,
+    trust_code: TrustCode = False,
     overrides: Overrides = None,
 ) -> None:
     """Sweep inject-eval over a grid (Hydra multirun); writes summary.csv, ber_curve.png and the study table.
@@ -409,6 +428,8 @@ def sweep(
     _opt(ov, "hydra.sweep.dir", out)
     if train_models:
         ov.append("sweep_train=true")
+    if trust_code:
+        ov.append("trust_code=true")
     last = _run("sweep", ov, _group_rates(overrides), out, multirun=True)
     rows = last.get("rows") or []
     failed = [r for r in rows if r.get("status") != "ok"]

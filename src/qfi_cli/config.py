@@ -25,7 +25,7 @@ from typing import Any, Optional
 from qfi_cli.faults.models import FaultConfig
 from qfi_cli.quant.encoding import FLOAT_FORMATS
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
-from qfi_cli.targets import TARGET, target_label
+from qfi_cli.targets import TARGET, Trust, target_label
 from qfi_cli.typed import check_seed, coerce, require, section
 
 @dataclass
@@ -306,6 +306,7 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
     sweep_train: bool = False
+    trust_code: bool = False
     recipe: Optional[str] = None
     model: dict = field(default_factory=lambda: {"name": "digits_cnn"})
     data: DataConfig = field(default_factory=DataConfig)
@@ -342,6 +343,11 @@ class RunConfig:
         if self.checkpoint is not None:
             self.checkpoint = str(Path(self.checkpoint).expanduser())
         return self
+
+    def trust(self) -> Trust:
+        """Which ``_target_`` a checkpoint this run loads may name: those this config names, or any with
+        ``trust_code``."""
+        return Trust.of(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
         """The plain dict (checkpoints and results store it)."""

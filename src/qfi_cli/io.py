@@ -14,6 +14,7 @@ import torch
 
 from qfi_cli.errors import QfiError
 from qfi_cli.layout import LATEST_FILE
+from qfi_cli.targets import Trust
 
 CHECKPOINT_FORMAT = 1
 
@@ -84,10 +85,13 @@ def save_checkpoint(path: str | Path, state_dict: dict, config: dict, **extra: A
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: Trust | None = None) -> dict:
     """Load a checkpoint as data (``weights_only=True``: a pickle that would run code is refused).
 
-    Raises QfiError with one line when the file is missing, corrupt, unsafe or not a qfi checkpoint.
+    Every checkpoint read goes through here, and so does the rule that its config names no code to import: each
+    ``_target_`` it saved must be one ``trust`` covers (the run names the same one, or ``--trust-code``); by default
+    none is. Raises QfiError with one line when the file is missing, corrupt, unsafe, names untrusted code or is not
+    a qfi checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -103,6 +107,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise QfiError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise QfiError(f"{path} is not a qfi checkpoint (no state_dict/config): write it with `qfi train`")
+    (trust or Trust()).check(ckpt["config"], f"checkpoint {path}")
     return ckpt
 
 

@@ -27,4 +27,5 @@ MODELS_DIR = "models"             # sweep --train: <sweep dir>/models/<digest>/
 LATEST_FILE = "latest_checkpoint.txt"  # outputs root: the model `qfi train` wrote last
 
 # Settings that never name a sweep point's directory (bookkeeping, or single-valued on the command line).
-POINT_DIR_EXCLUDED = ("command", "checkpoint", "sweep_train", "device", "paths.root", "sweep", "logger")
+POINT_DIR_EXCLUDED = ("command", "checkpoint", "sweep_train", "device", "paths.root", "sweep", "logger",
+                      "trust_code")

@@ -20,7 +20,8 @@ import importlib
 import inspect
 import os
 import sys
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from qfi_cli.errors import QfiError, first_line
 
@@ -30,6 +31,54 @@ TARGET = "_target_"
 def target_label(path: str) -> str:
     """The last part of a dotted path: the name results and reports show."""
     return str(path).rpartition(".")[2]
+
+
+def named_targets(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Every ``_target_`` of a nested config (dicts, lists and tuples), by dotted key.
+
+    >>> named_targets({"model": {"_target_": "m.Net"}, "data": {"name": "digits"}, "x": [{"_target_": "os.system"}]})
+    {'model._target_': 'm.Net', 'x.0._target_': 'os.system'}
+    """
+    items = (config.items() if isinstance(config, Mapping)
+             else enumerate(config) if isinstance(config, (list, tuple)) else ())
+    found = {}
+    for key, value in items:
+        if key == TARGET:
+            found[prefix + TARGET] = value
+        elif isinstance(value, (Mapping, list, tuple)):
+            found.update(named_targets(value, f"{prefix}{key}."))
+    return found
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Which ``_target_`` a saved config (a checkpoint's) may name, so that importing it is the user's choice: those
+    this run's own config names (``given``, dotted key -> path), or any with ``code`` (``--trust-code``).
+
+    >>> Trust({"model._target_": "m.Net"}).check({"model": {"_target_": "m.Net"}}, "model.pt")
+    >>> Trust().check({"model": {"_target_": "os.system"}}, "model.pt")
+    Traceback (most recent call last):
+    ...
+    qfi_cli.errors.QfiError: model.pt names model._target_=os.system: pass model._target_=os.system or --trust-code to import it
+    """
+
+    given: Mapping[str, Any] = field(default_factory=dict)
+    code: bool = False
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> "Trust":
+        """The trust a run's own (composed) config gives: the targets it names, and ``trust_code``."""
+        return cls(named_targets({k: v for k, v in config.items() if k != "trust_code"}),
+                   config.get("trust_code") is True)
+
+    def check(self, saved: Any, source: str) -> None:
+        """Raise a one-line QfiError for the first ``_target_`` of ``saved`` that this trust does not cover."""
+        if self.code:
+            return
+        for key, path in named_targets(saved).items():
+            if not (isinstance(path, str) and self.given.get(key) == path):
+                shown = path if isinstance(path, str) else repr(path)[:80]
+                raise QfiError(f"{source} names {key}={shown}: pass {key}={shown} or --trust-code to import it")
 
 
 def _import_longest(parts: list[str], key: str, path: str) -> tuple[Any, int]:

@@ -24,7 +24,8 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name"
                "--experimental-rerun"}
 PASS_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--resolve"}
 # Settings that say where or how a sweep runs, or what it sweeps, rather than how each point is made.
-NOT_FIXED = ("hydra", "sweep", "paths", "device", "command", "eval.bers", "fault.ber", "sweep_train", "logger")
+NOT_FIXED = ("hydra", "sweep", "paths", "device", "command", "eval.bers", "fault.ber", "sweep_train", "logger",
+             "trust_code")
 
 
 def split_flags(args: list[str]) -> tuple[list[str], list[str]]:

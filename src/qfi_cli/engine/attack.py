@@ -107,7 +107,7 @@ def attack(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporter: Re
     reporter = reporter or Reporter()
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect)
+    model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
     saved = ckpt["config"]
     target = acfg.target_accuracy if acfg.target_accuracy is not None else chance_target(data.num_classes)
     batch_size, limit = cfg.eval.batch_size, cfg.eval.limit

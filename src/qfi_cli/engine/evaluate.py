@@ -28,6 +28,7 @@ from qfi_cli.models import model_label
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, stored_record, weight_bits_total
 from qfi_cli.stats import bootstrap_ci, describe_ci
+from qfi_cli.targets import Trust
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float, list[float] | None]:
@@ -64,14 +65,16 @@ def _select(cfg: dict[str, Any], dotted: str) -> Any:
 
 
 def load_trained(checkpoint: str | Path, device: torch.device, data_root: str | None = None,
-                 expect: dict[str, Any] | None = None) -> tuple[torch.nn.Module, InMemoryDataset, dict[str, Any]]:
+                 expect: dict[str, Any] | None = None, trust: Trust | None = None,
+                 ) -> tuple[torch.nn.Module, InMemoryDataset, dict[str, Any]]:
     """Rebuild a trained model from its checkpoint; returns (model in eval mode, data set, checkpoint contents).
 
     ``expect`` maps dotted config keys (``model.name``, ``quant.wbits``) to the values the caller asked for; a
-    checkpoint trained otherwise is refused. Data sets stay cached in the process, so a sweep on the basic
-    launcher loads each one once.
+    checkpoint trained otherwise is refused. A checkpoint of your own model or data (``_target_``) needs ``trust``
+    that covers it: ``Trust({"model._target_": "mypkg.nets.MyNet"})`` or ``Trust(code=True)``. Data sets stay
+    cached in the process, so a sweep on the basic launcher loads each one once.
     """
-    ckpt = load_checkpoint(checkpoint, map_location=device)
+    ckpt = load_checkpoint(checkpoint, map_location=device, trust=trust)
     saved = ckpt["config"]
     for key, wanted in (expect or {}).items():
         if _select(saved, key) != wanted:
@@ -223,7 +226,7 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
         raise QfiError("--save-faults records per-trial weight faults: it needs fault.target=weights and "
                        "fault.persistence=trial")
     device = resolve_device(cfg.device)
-    model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect)
+    model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
     batch_size, limit = cfg.eval.batch_size, cfg.eval.limit
     results = []
     with FaultInjector(model, fault, seed=fault_seed) as injector:

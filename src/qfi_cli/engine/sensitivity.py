@@ -121,7 +121,7 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
         raise QfiError("the protection budget measures the whole model at a rate: give --ber, not --count")
     levels = rates(cfg)
     device = resolve_device(cfg.device)
-    model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect)
+    model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
     batch_size, limit, trials, seed = cfg.eval.batch_size, cfg.eval.limit, cfg.eval.trials, cfg.eval.fault_seed
     stored = weight_bits_total(model)
     results = []

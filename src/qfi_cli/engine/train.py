@@ -260,7 +260,7 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
 
     start_epoch, history, prior_seconds = 0, [], 0.0
     if resume:
-        state = load_checkpoint(out_dir / LAST, map_location=device)
+        state = load_checkpoint(out_dir / LAST, map_location=device, trust=cfg.trust())
         model.load_state_dict(state["state_dict"])
         base.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
