@@ -1,5 +1,6 @@
-"""qfi attack: the progressive bit search (exhaustive check, exact records, determinism, undo), attack.json and its
-curve, command=attack in a sweep and the report's flips-to-target column, AdvBET's adversarial flips."""
+"""qfi attack: the progressive bit search (exhaustive check, exact records, determinism, undo), attack.rank_top
+(Rakin et al.'s k_top) against a re-implementation of their rule, attack.json and its curve, command=attack in a
+sweep and the report's flips-to-target column, AdvBET's adversarial flips."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from typer.testing import CliRunner
 
 from qfi_cli.cli import app
 from qfi_cli.engine.attack import attack, baseline_counts
-from qfi_cli.faults.search import BitSearch, adversarial_flips, flipped
+from qfi_cli.engine import attack as attack_engine
+from qfi_cli.faults import search as search_module
+from qfi_cli.faults.search import BitSearch, adversarial_flips, bit_gains, flipped, rank_entries
 from qfi_cli.io import write_json
 from qfi_cli.quant import calibrate, frozen_weights, quantize_model, quantized_layers
+from qfi_cli.quant.encoding import Encoding
 from qfi_cli.report import aggregate
 from qfi_cli.report.attack import collect_attacks, flips_estimate
 from tests.helpers import compose
@@ -84,6 +88,212 @@ def test_first_flip_is_the_best_single_flip_by_brute_force(quantizer, per_channe
         assert (flip.layer, flip.index, flip.bit) in winners
         assert flip.loss == best  # same weights, same forward: the same float
         search.restore()
+
+
+# ------------------------------------------------------------------------------------ rank_top (Rakin et al.'s k_top)
+
+def test_bit_gains_rank_top_by_hand():
+    """4-bit two's complement, scale 1. rank_top=1 keeps entry 1 (|grad| 4): value -2 = 1110 with a negative
+    gradient, so only the bits that lower it raise the loss: bit 2 (-> -6, gain 16) and bit 1 (-> -4, gain 8);
+    bit 0 (-> -1) and the MSB (-> 6) would lower the loss and are not candidates, even with k=5."""
+    enc = Encoding(bits=4, scale=torch.tensor(1.0))
+    values, grads = torch.tensor([3.0, -2.0, 1.0, 5.0]), torch.tensor([0.5, -4.0, 3.0, 0.1])
+    listed = lambda r: [t.tolist() for t in r]  # noqa: E731
+    assert listed(bit_gains(values, grads, enc, k=5, rank_top=1)) == [[16.0, 8.0], [1, 1], [2, 1]]
+    # rank_top=2 adds entry 2 (value 1 = 0001, gradient 3): bit 2 (-> 5, gain 12), bit 1 (-> 3, gain 6)
+    assert listed(bit_gains(values, grads, enc, k=4, rank_top=2)) == [[16.0, 12.0, 8.0, 6.0], [1, 2, 1, 2],
+                                                                      [2, 2, 1, 1]]
+    # null: every entry and bit, negative gains too (entry 1's MSB: -2 -> 6, gain -32 is last of all 16)
+    everything = listed(bit_gains(values, grads, enc, k=16))
+    assert len(everything[0]) == 16 and [v[-1] for v in everything] == [-32.0, 1, 3]
+    # an excluded (already flipped) bit is skipped; rank_top never reaches below the ranked entries
+    assert listed(bit_gains(values, grads, enc, k=5, exclude=[(1, 2)], rank_top=1)) == [[8.0], [1], [1]]
+    # ties in |grad| go to the lower index; rank_top above the size keeps every entry
+    assert rank_entries(torch.tensor([1.0, -2.0, 2.0, 2.0]), enc, 2).tolist() == [1, 2]
+    assert rank_entries(torch.tensor([1.0, -2.0]), enc, 9).tolist() == [0, 1]
+
+
+def hand_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """One 4-bit linear layer whose codes are set by hand (scale 0.1), one sample x = (2, 0.5, 0) of class 0.
+
+    dL/dW = (p - e_0) x^T: the largest |grad| is W[0,0] (index 0, code -7 = 1001, gradient < 0), the next W[1,0]
+    (index 3, code 7 = 0111, gradient > 0). Lowering W[0,0] raises the loss: only its bit 0 can (-7 -> -8); W[1,0]
+    is at the top of the range: no bit raises it. Over all weights the best first-order flip is W[0,1]'s MSB
+    (index 1, code 0 -> -8: 8 steps at a quarter of the top gradient), outside the top 2."""
+    model = quantize_model(nn.Sequential(nn.Linear(3, 3, bias=False)), "minmax", wbits=4, abits=32,
+                           first_last_bits=None).eval()
+    codes = torch.tensor([[-7.0, 0.0, 0.0], [7.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        model[0].weight.copy_(codes * 0.1)
+    return model, torch.tensor([[2.0, 0.5, 0.0]]), torch.tensor([0])
+
+
+def test_rank_top_keeps_the_top_gradient_weights_and_their_loss_raising_bits_by_construction():
+    model, x, y = hand_model()
+    with frozen_weights(model):
+        m = model[0]
+        assert m.frozen_encoding.codes(m.frozen_weight).view(-1).tolist()[:4] == [-7, 0, 0, 7]
+        g = BitSearch(model, x, y, 1).gradients()[0].view(-1)
+        assert g.abs().argsort(descending=True)[:2].tolist() == [0, 3] and g[0] < 0 < g[3]
+        for rank_top, expected in ((1, [(0, 0)]), (2, [(0, 0)])):
+            (_, _, gains, index, bit), = BitSearch(model, x, y, 1, rank_top=rank_top).candidates(3)
+            assert list(zip(index.tolist(), bit.tolist())) == expected and gains[0] > 0
+        (_, _, _, index, bit), = BitSearch(model, x, y, 1).candidates(3)
+        assert (index[0], bit[0]) == (1, 3)  # today's ranking over every weight: W[0,1]'s MSB
+        flip = BitSearch(model, x, y, 1, rank_top=1).step()
+        assert (flip.layer, flip.index, flip.bit, flip.old_code, flip.new_code) == ("0", 0, 0, -7, -8)
+        other = BitSearch(model, x, y, 1)
+        flip = other.step()
+        assert (flip.index, flip.bit, flip.old_code, flip.new_code) == (1, 3, 0, -8)
+        other.restore()
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_rank_top_candidates_are_the_positive_gain_bits_of_the_top_gradient_weights(per_channel):
+    """Each layer's candidates are exactly the loss-raising bits (first order) of its 5 weights of largest
+    |dL/d code| = |dL/dw * scale| (with per-channel scales the scale counts)."""
+    model = tiny("minmax", per_channel, bits=4)
+    x, y = batch()
+    with frozen_weights(model):
+        layers = quantized_layers(model)
+        weights = [m.frozen_weight for _, m in layers]
+        for w in weights:
+            w.requires_grad_(True)
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), weights)
+        for w in weights:
+            w.requires_grad_(False)
+        everyone = BitSearch(model, x, y, 1).candidates(1000)
+        for (name, m, gains, index, bit), g, (*_, all_index, _) in zip(
+                BitSearch(model, x, y, 1, rank_top=5).candidates(1000), grads, everyone):
+            scale = m.frozen_encoding.scale.detach().reshape(-1)
+            by_code = [float(v) * float(scale[0] if scale.numel() == 1 else scale[i // m.frozen_encoding.group])
+                       for i, v in enumerate(g.view(-1).tolist())]
+            top = set(sorted(range(g.numel()), key=lambda i: (-abs(by_code[i]), i))[:5])
+            assert set(index.tolist()) <= top and bool((gains > 0).all())
+            assert not set(all_index.tolist()) <= top  # without rank_top other weights are candidates too
+            codes = m.frozen_encoding.codes(m.frozen_weight).view(-1).tolist()
+            raising = {(i, b) for i in top for b in range(4)
+                       if float(g.view(-1)[i]) * (flipped_value(codes[i], b, m)[1] - codes[i]) > 0}
+            assert set(zip(index.tolist(), bit.tolist())) == raising
+
+
+def _bit_gains_before_rank_top(values, grads, encoding, k, exclude=(), rank_top=None):
+    """bit_gains as it was before attack.rank_top (commit ceb3d6f): the reference for rank_top=null."""
+    assert rank_top is None
+    values = values.detach().reshape(-1)
+    grads = grads.detach().reshape(-1).to(values.dtype)
+    n = values.numel()
+    index = torch.arange(n, device=values.device)
+    patterns = encoding.encode(values, index)
+    per_bit = min(k, n)
+    excluded = {}
+    for i, b in exclude:
+        excluded.setdefault(int(b), []).append(int(i))
+    top_gains, top_index, top_bit = [], [], []
+    for b in range(encoding.bits):
+        changed = encoding.decode(patterns ^ (1 << b), index, dtype=values.dtype)
+        gain = grads * (changed - values)
+        gain = torch.where(torch.isnan(gain), torch.full_like(gain, -math.inf), gain)
+        if b in excluded:
+            gain[torch.tensor(excluded[b], device=gain.device)] = -math.inf
+        g, i = gain.topk(per_bit)
+        top_gains.append(g)
+        top_index.append(i)
+        top_bit.append(torch.full_like(i, b))
+    gains, index, bits = torch.cat(top_gains), torch.cat(top_index), torch.cat(top_bit)
+    g, i, b = gains.tolist(), index.tolist(), bits.tolist()
+    order = [j for j in sorted(range(len(g)), key=lambda j: (-g[j], i[j], b[j]))[:k] if g[j] > -math.inf]
+    pick = torch.tensor(order, dtype=torch.long, device=gains.device)
+    return gains[pick], index[pick], bits[pick]
+
+
+@pytest.mark.parametrize("quantizer,per_channel,bits", [("minmax", False, 4), ("minmax", True, 4), ("rquant", False, 3),
+                                                        ("fp16", False, 16)])
+def test_rank_top_null_is_the_search_of_before_bit_for_bit(quantizer, per_channel, bits, monkeypatch):
+    def run(**kw):
+        model = tiny(quantizer, per_channel, bits)
+        x, y = batch()
+        with frozen_weights(model):
+            search = BitSearch(model, x, y, 3, **kw)
+            candidates = [[t.tolist() for t in c[2:]] for c in search.candidates(10_000)]
+            flips = [search.step() for _ in range(10)] + search.first_order_step(4)
+            search.restore()
+        return candidates, [f.as_dict() for f in flips]
+
+    now, null = run(), run(rank_top=None)
+    monkeypatch.setattr(search_module, "bit_gains", _bit_gains_before_rank_top)
+    assert now == null == run()
+
+
+def bfa_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k_top: int, steps: int) -> list[tuple]:
+    """Rakin et al.'s progressive bit search (n_bits2flip = 1), written here from a reading of their attack/BFA.py.
+
+    Per iteration: the gradient of the loss w.r.t. every layer's integer codes; per layer the k_top codes of largest
+    |grad|; their bit gradients grad * w_b (w_b = 2^b, the MSB's -2^(N-1)); a bit may flip where it is 0 and its
+    bit gradient positive or it is 1 and its bit gradient negative; the one of largest |bit gradient| is flipped
+    (none when all are 0), the loss evaluated, the flip undone; the layer with the largest loss keeps its flip.
+    qfi's departure kept here: a bit flipped once is never chosen again."""
+    layers = quantized_layers(model)
+    taken: set[tuple[str, int, int]] = set()
+    out = []
+    for _ in range(steps):
+        weights = [m.frozen_weight for _, m in layers]
+        for w in weights:
+            w.requires_grad_(True)
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), weights)
+        for w in weights:
+            w.requires_grad_(False)
+        best = None
+        for (name, m), g in zip(layers, grads):
+            enc, flat = m.frozen_encoding, m.frozen_weight.view(-1)
+            assert enc.signed and enc.zero_point == 0 and not enc.is_float  # two's-complement codes, as theirs
+            n_bits, codes = enc.bits, enc.codes(m.frozen_weight).view(-1).tolist()
+            scale = enc.scale.detach().reshape(-1).tolist()
+            s = [scale[0] if len(scale) == 1 else scale[i // enc.group] for i in range(len(codes))]
+            g_code = [float(v) * s[i] for i, v in enumerate(g.view(-1).tolist())]  # dL/dcode = dL/dw * scale
+            top = sorted(range(len(codes)), key=lambda i: (-abs(g_code[i]), i))[:k_top]
+            choices = []
+            for i in top:
+                for b in range(n_bits):
+                    w_b = -(1 << (n_bits - 1)) if b == n_bits - 1 else 1 << b
+                    bit, bit_grad = (codes[i] >> b) & 1, g_code[i] * w_b
+                    if (name, i, b) not in taken and bit_grad != 0 and bit != (bit_grad > 0):
+                        choices.append((abs(bit_grad), -i, -b))
+            if not choices:
+                continue
+            _, i, b = max(choices)
+            i, b = -i, -b
+            new_code, units = flipped_value(codes[i], b, m)
+            old = flat[i].clone()
+            new = torch.tensor(float(units), dtype=flat.dtype) * torch.tensor(s[i], dtype=flat.dtype)
+            flat[i] = new
+            with torch.no_grad():
+                loss = float(F.cross_entropy(model(x), y))
+            flat[i] = old
+            if best is None or loss > best[0]:
+                best = (loss, name, flat, i, b, codes[i], new_code, new)
+        loss, name, flat, i, b, old_code, new_code, new = best
+        flat[i] = new
+        taken.add((name, i, b))
+        out.append((name, i, b, old_code, new_code, loss))
+    return out
+
+
+@pytest.mark.parametrize("per_channel,rank_top", [(False, 10), (True, 10), (False, 3)])
+def test_rank_top_with_k_top_1_is_rakin_et_al_s_rule(per_channel, rank_top):
+    """attack.rank_top=R attack.k_top=1 commits the same flips as the re-implementation of their rule (8-bit codes,
+    their k_top R), step after step."""
+    x, y = batch()
+    reference_model, model = tiny("minmax", per_channel, bits=8), tiny("minmax", per_channel, bits=8)
+    with frozen_weights(reference_model):
+        expected = bfa_reference(reference_model, x, y, rank_top, steps=8)
+    with frozen_weights(model):
+        search = BitSearch(model, x, y, 1, rank_top=rank_top)
+        got = [search.step() for _ in range(8)]
+        search.restore()
+    assert [(f.layer, f.index, f.bit, f.old_code, f.new_code) for f in got] == [e[:5] for e in expected]
+    assert [f.loss for f in got] == pytest.approx([e[5] for e in expected], rel=1e-6)
+    assert len({(f.layer, f.index) for f in got}) > 1
 
 
 def test_flips_stay_in_range_are_recorded_exactly_and_undone_bit_for_bit():
@@ -169,6 +379,7 @@ def test_cli_writes_attack_json_and_curve_and_says_where_the_data_come_from(trai
 
 @pytest.mark.parametrize("args,message", [
     (["attack.k_top=0"], "attack.k_top must be >= 1, got 0"),
+    (["attack.rank_top=0"], "attack.rank_top must be >= 1 or null (every weight), got 0"),
     (["--target-accuracy", "1.5"], "attack.target_accuracy must lie in [0, 1]"),
     (["attack.batch=many"], "attack.batch must be a whole number"),
     (["+attack.depth=3"], "unknown setting attack.depth"),
@@ -200,6 +411,33 @@ def test_sweep_command_attack_writes_points_resumes_and_reports(trained_digits, 
     assert [p.stat().st_mtime_ns for p in files] == stamps
     report = runner.invoke(app, ["report", str(out)])
     assert report.exit_code == 0 and "flips to target" in report.output, report.output
+
+
+def test_sweep_over_rank_top_reaches_the_search_and_is_recorded(trained_digits, in_tmp, monkeypatch):
+    """attack.rank_top sweeps like any attack key: each point's search gets its value, attack.json records it, the
+    curve's legend names it when set."""
+    from qfi_cli.report.attack import attack_figure
+
+    seen = []
+
+    class Spy(BitSearch):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append((self.k_top, self.rank_top))
+
+    monkeypatch.setattr(attack_engine, "BitSearch", Spy)
+    checkpoint, _ = trained_digits
+    out = in_tmp / "s"
+    result = runner.invoke(app, ["sweep", "--checkpoint", str(checkpoint), "--out", str(out), "command=attack",
+                                 "attack.flips=1", "attack.random_trials=1", "attack.k_top=1",
+                                 "attack.rank_top=null,10", "device=cpu"])
+    assert result.exit_code == 0, result.output
+    assert sorted(seen, key=str) == [(1, 10), (1, None)]
+    for value in ("null", "10"):
+        res = json.loads((out / f"attack.rank_top={value}" / "attack.json").read_text())
+        assert res["attack"]["rank_top"] == (None if value == "null" else 10) and res["flips_committed"] == 1
+        legend = [t.get_text() for t in attack_figure(res).axes[0].get_legend().get_texts()]
+        assert ("rank_top=10" in " ".join(legend)) == (value == "10")
 
 
 def test_failing_attack_point_is_recorded_and_the_sweep_goes_on(trained_digits, in_tmp):

@@ -352,6 +352,10 @@ def attack(
 
     The attack batch (attack.batch samples) comes from the TRAINING split; accuracy is measured on the TEST split.
     Knobs: attack.k_top, attack.batch, attack.random_trials. Example: [bold]qfi attack --flips 50 attack.k_top=20[/]
+
+    attack.k_top (default 5): qfi's candidate bits per layer, evaluated by true loss; not Rakin et al.'s k_top.
+    attack.rank_top (default null: every weight) is their k_top: only the bits of each layer's rank_top weights of
+    largest |gradient| are candidates. Their setting: [bold]qfi attack attack.rank_top=10 attack.k_top=1[/]
     """
     ov = ["command=attack"]
     _opt(ov, "checkpoint", checkpoint.resolve() if checkpoint else None)

@@ -209,13 +209,16 @@ class EvalConfig:
 @dataclass
 class AttackConfig:
     """``attack``: the progressive bit search (Rakin et al., ICCV 2019). ``flips``: most flips committed (the
-    paper's iterations); ``k_top``: candidate bits per layer whose true loss is evaluated each iteration;
+    paper's iterations); ``k_top``: candidate bits per layer whose true loss is evaluated each iteration (not the
+    paper's ``k_top``); ``rank_top``: the paper's ``k_top``, the weights per layer pre-ranked by |gradient| whose
+    bits alone are candidates, positive first-order gain only (null: every weight; their setting: 10 with k_top 1);
     ``batch``: attack batch size, drawn from the training split; ``target_accuracy``: stop at or below this test
     accuracy (null: chance + 1 point); ``random_trials``: trials of the random baseline (``fault=count`` at the
     same flip counts); ``seed``: which training samples form the attack batch."""
 
     flips: int = 100
     k_top: int = 5
+    rank_top: Optional[int] = None
     batch: int = 128
     target_accuracy: Optional[float] = None
     random_trials: int = 10
@@ -224,6 +227,8 @@ class AttackConfig:
     def validated(self) -> "AttackConfig":
         require(self.flips >= 1, f"attack.flips must be >= 1, got {self.flips}")
         require(self.k_top >= 1, f"attack.k_top must be >= 1, got {self.k_top}")
+        require(self.rank_top is None or self.rank_top >= 1,
+                f"attack.rank_top must be >= 1 or null (every weight), got {self.rank_top}")
         require(self.batch >= 1, f"attack.batch must be >= 1, got {self.batch}")
         require(self.target_accuracy is None or 0 <= self.target_accuracy <= 1,
                 f"attack.target_accuracy must lie in [0, 1] or be null (chance + 1 point), got "

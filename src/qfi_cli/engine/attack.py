@@ -121,7 +121,7 @@ def attack(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporter: Re
         clean_accuracy = evaluate()
         with torch.no_grad():
             y = model(x).argmax(1)  # the clean model's predictions: no label leaking (as in the paper's code)
-        search = BitSearch(model, x, y, acfg.k_top)
+        search = BitSearch(model, x, y, acfg.k_top, acfg.rank_top)
         clean_loss = search.loss()
         flips: list[dict[str, Any]] = []
         flips_to_target = 0 if clean_accuracy <= target else None

@@ -7,7 +7,8 @@ the same in-place primitive (``faults.flips.write_masked``). One ``step()``:
 1. forward and backward on the attack batch, with the frozen weights as leaves: dL/dw of every layer;
 2. in each layer, rank every bit by its first-order loss increase ``grad_i * (decode(pattern_i ^ 2**b) - w_i)``
    (the exact value change the flip makes, so the bit's direction and the gradient's sign both count) and keep
-   the ``k_top`` best (``bit_gains``);
+   the ``k_top`` best (``bit_gains``); with ``rank_top`` (the paper's ``k_top``) only the bits of the layer's
+   ``rank_top`` weights of largest |gradient| with a positive gain, as in Rakin et al.'s code;
 3. evaluate the true loss on the attack batch after each kept candidate of each layer (flip in place, forward,
    undo), and commit the one flip over all layers that raises it most.
 
@@ -70,28 +71,66 @@ class Flip:
         return asdict(self)
 
 
+def rank_entries(grads: torch.Tensor, encoding: Encoding, r: int) -> torch.Tensor:
+    """Flat indices (ascending) of the ``r`` entries with the largest |dL/d code|: Rakin et al.'s top-``k_top``
+    weights by gradient magnitude. For integer codes dL/d code = dL/dw * scale: with one scale per tensor that is
+    the order of |dL/dw|, which is used; with per-channel scales |dL/dw * scale|; float codes: |dL/dw|. Ties go to
+    the lower index; a NaN gradient ranks last.
+
+    >>> enc = Encoding(bits=4, scale=torch.tensor(1.0))
+    >>> rank_entries(torch.tensor([0.1, -3.0, 2.0, 3.0]), enc, 2).tolist()
+    [1, 3]
+    """
+    grads = grads.detach().reshape(-1)
+    per_channel = not encoding.is_float and encoding.scale.numel() > 1
+    index = torch.arange(grads.numel(), device=grads.device)
+    mag = (grads * encoding._scale_at(index).to(grads.dtype)).abs() if per_channel else grads.abs()
+    mag = torch.where(torch.isnan(mag), torch.full_like(mag, -math.inf), mag)
+    r = min(int(r), mag.numel())
+    kth = mag.topk(r).values[-1]
+    above = (mag > kth).nonzero().reshape(-1)
+    tied = (mag == kth).nonzero().reshape(-1)[: r - above.numel()]
+    return torch.cat([above, tied]).sort().values
+
+
 def bit_gains(values: torch.Tensor, grads: torch.Tensor, encoding: Encoding, k: int,
-              exclude: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              exclude: list[tuple[int, int]] = (), rank_top: int | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``k`` bit flips of a flattened quantized tensor with the largest first-order loss increase.
 
     The gain of flipping bit b of entry i is ``grads[i] * (decode(encode(values[i]) ^ 2**b) - values[i])``.
     Returns (gains descending, flat indices, bit positions); ``exclude`` lists (index, bit) pairs never to choose.
     A flip whose gain is not a number (a float code turned NaN) is not chosen. Memory O(len(values) + k * bits).
 
+    ``rank_top`` (Rakin et al.'s ``k_top``): only bits of the ``rank_top`` entries with the largest |dL/d code|
+    (``rank_entries``) are candidates, and only those whose gain is positive (their rule: flip 0 -> 1 where the
+    bit's gradient is positive, 1 -> 0 where it is negative, largest |gradient x bit weight| first; that product is
+    this gain). None: every entry and every bit, whatever its gain's sign.
+
     >>> enc = Encoding(bits=4, scale=torch.tensor(1.0))
     >>> gains, index, bit = bit_gains(torch.tensor([1.0, -2.0]), torch.tensor([1.0, 0.0]), enc, k=2)
     >>> gains.tolist(), index.tolist(), bit.tolist()    # code 1 -> 5 (bit 2: +4), 1 -> 3 (bit 1: +2)
     ([4.0, 2.0], [0, 0], [2, 1])
+    >>> bit_gains(torch.tensor([1.0, -2.0]), torch.tensor([1.0, -0.5]), enc, k=9, rank_top=1)[2].tolist()
+    [2, 1]
     """
     values = values.detach().reshape(-1)
     grads = grads.detach().reshape(-1).to(values.dtype)
+    if rank_top is None:
+        index = torch.arange(values.numel(), device=values.device)
+    else:
+        index = rank_entries(grads, encoding, rank_top)
+        values, grads = values[index], grads[index]
     n = values.numel()
-    index = torch.arange(n, device=values.device)
     patterns = encoding.encode(values, index)
     per_bit = min(k, n)
+    position = None if rank_top is None else {i: p for p, i in enumerate(index.tolist())}
     excluded: dict[int, list[int]] = {}
     for i, b in exclude:
-        excluded.setdefault(int(b), []).append(int(i))
+        if position is None:
+            excluded.setdefault(int(b), []).append(int(i))
+        elif int(i) in position:
+            excluded.setdefault(int(b), []).append(position[int(i)])
     top_gains, top_index, top_bit = [], [], []
     for b in range(encoding.bits):
         changed = encoding.decode(patterns ^ (1 << b), index, dtype=values.dtype)
@@ -101,12 +140,13 @@ def bit_gains(values: torch.Tensor, grads: torch.Tensor, encoding: Encoding, k: 
             gain[torch.tensor(excluded[b], device=gain.device)] = -math.inf
         g, i = gain.topk(per_bit)
         top_gains.append(g)
-        top_index.append(i)
+        top_index.append(index[i])
         top_bit.append(torch.full_like(i, b))
     gains, index, bits = torch.cat(top_gains), torch.cat(top_index), torch.cat(top_bit)
     # rank by gain, ties by (index, bit): the same candidates in the same order on every run
     g, i, b = gains.tolist(), index.tolist(), bits.tolist()
-    order = [j for j in sorted(range(len(g)), key=lambda j: (-g[j], i[j], b[j]))[:k] if g[j] > -math.inf]
+    floor = -math.inf if rank_top is None else 0.0
+    order = [j for j in sorted(range(len(g)), key=lambda j: (-g[j], i[j], b[j]))[:k] if g[j] > floor]
     pick = torch.tensor(order, dtype=torch.long, device=gains.device)
     return gains[pick], index[pick], bits[pick]
 
@@ -115,12 +155,16 @@ class BitSearch:
     """Progressive bit search on the frozen weights of ``model`` (call it inside ``frozen_weights(model)``).
 
     ``x``, ``y``: the attack batch and its labels; ``k_top``: candidate bits per layer whose true loss is
-    evaluated in each ``step`` (the paper's ``k_top``; with every bit of a layer as candidates the step commits
-    the single flip that raises the loss most). The model's mode (eval or train) is the caller's.
+    evaluated in each ``step`` (with every bit of a layer as candidates the step commits the single flip that
+    raises the loss most); this is not the paper's ``k_top``, which is ``rank_top``: the weights per layer
+    pre-ranked by |gradient| whose positive-gain bits alone are candidates (``bit_gains``; None: every weight).
+    Rakin et al.'s setting is ``rank_top=10, k_top=1``. The model's mode (eval or train) is the caller's.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, k_top: int) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, k_top: int,
+                 rank_top: int | None = None) -> None:
         self.model, self.x, self.y, self.k_top = model, x, y, int(k_top)
+        self.rank_top = None if rank_top is None else int(rank_top)
         self.layers = [(n, m) for n, m in quantized_layers(model) if m.frozen_weight is not None]
         if not self.layers:
             raise QfiError("the bit search needs quantized layers with frozen weights (use it inside "
@@ -168,10 +212,12 @@ class BitSearch:
         return flip
 
     def candidates(self, k: int) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Each layer's ``k`` best untaken bits by first-order gain at the current weights."""
+        """Each layer's ``k`` best untaken bits by first-order gain at the current weights (among its ``rank_top``
+        weights of largest |gradient| when set)."""
         out = []
         for (name, m), g in zip(self.layers, self.gradients()):
-            gains, index, bit = bit_gains(m.frozen_weight, g, m.frozen_encoding, k, self._taken[name])
+            gains, index, bit = bit_gains(m.frozen_weight, g, m.frozen_encoding, k, self._taken[name],
+                                          self.rank_top)
             out.append((name, m, gains, index, bit))
         return out
 
@@ -272,4 +318,4 @@ def flipped(model: nn.Module, masks: Masks) -> Iterator[None]:
             m.weight_fault = None
 
 
-__all__ = ["BitSearch", "Flip", "Masks", "adversarial_flips", "bit_gains", "flipped"]
+__all__ = ["BitSearch", "Flip", "Masks", "adversarial_flips", "bit_gains", "flipped", "rank_entries"]

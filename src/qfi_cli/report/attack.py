@@ -253,7 +253,8 @@ def attack_figure(result: dict[str, Any]) -> Any:
     if flips:
         ax.plot([f["flip"] for f in flips], [100 * f["accuracy"] for f in flips], color="tab:red", marker="s",
                 markersize=3, label=f"progressive bit search (k_top={settings.get('k_top')}, "
-                                    f"batch={result.get('attack_samples')})")
+                                    + (f"rank_top={settings['rank_top']}, " if settings.get("rank_top") else "")
+                                    + f"batch={result.get('attack_samples')})")
     ax.axhline(100 * result["clean_accuracy"], color="0.3", linestyle="--", linewidth=1, label="clean")
     ax.axhline(100 * result["target_accuracy"], color="0.3", linestyle=":", linewidth=1,
                label=f"target {100 * result['target_accuracy']:g}%")
