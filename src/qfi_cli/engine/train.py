@@ -75,6 +75,10 @@ def _training_injectors(cfg: RunConfig, model: torch.nn.Module) -> tuple[FaultIn
     return None, None
 
 
+def _clamped(g: torch.Tensor, c: float | None) -> torch.Tensor:
+    return g if c is None else g.clamp(-c, c)
+
+
 def stutz_curriculum(clean: float, faulty: float, threshold: float) -> bool:
     """Whether RandBET's next step injects: Stutz et al.'s ``average_simple_curriculum``, from this step's clean loss
     and its faulty loss (0 on a step that did not inject): ``clean < 1.15 t`` and ``(clean + faulty) / 2 <= t``.
@@ -159,18 +163,12 @@ class TrainingFaults:
         faulty.backward()
         w, c = self.weight, self.grad_clamp
         for p, g in zip(params, clean_grads):
-            gf = p.grad
-            if gf is not None:
-                gf = gf.clamp(-c, c) if c is not None else gf
-                p.grad = gf.mul_(w).add_(g) if g is not None else gf.mul_(w)
-            else:
-                p.grad = g
-            if p.grad is not None:
-                p.grad.div_(1 + w)
+            parts = [t for t in (g, None if p.grad is None else _clamped(p.grad, c) * w) if t is not None]
+            p.grad = sum(parts) / (1 + w) if parts else None
         for m, n in zip(layers, kept):  # SAM's ascent: the faulty pass's share at the clean Q(w), clamped alike
             for q in m.quantized_weights[n:]:
                 if q.grad is not None:
-                    q.grad = (q.grad.clamp(-c, c) if c is not None else q.grad).mul_(w)
+                    q.grad = _clamped(q.grad, c) * w
         self._faulty_losses.append(float(faulty.detach()))
         return ((clean.detach() + w * faulty.detach()) / (1 + w)), logits
 
