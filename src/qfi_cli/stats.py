@@ -5,8 +5,9 @@ left tail: most trials equal the clean accuracy and a rare one collapses (digits
 p = 0.01%, -3.7 at 0.1%). A sample of 10 or 50 trials usually holds no collapse, so any interval built from the
 spread of the sample (bootstrap percentile, Student t, empirical Bernstein with the observed range) shrinks onto
 the clean accuracy and misses the mean: the bootstrap percentile interval qfi used before covered 29% (n = 10) and
-53% (n = 50) at p = 0.01% on the real model. An interval valid for every distribution on [0, 1] has to use the bound
-itself: 10 trials all at 0.98 cannot exclude a 25% chance of a trial at 0, so its lower end must reach down to
+53% (n = 50) at p = 0.01% on the real model (issue 26; scripts/coverage.py measured 26% and 58%). An
+interval valid for every distribution on [0, 1] has to use the bound itself: 10 trials all at 0.98 cannot exclude
+a 30% chance of a trial at 0 (such a sample then still has probability 2.5%), so its lower end must reach down to
 about 0.68, and that is the honest answer.
 
 ``mean_ci`` is the betting confidence interval of Waudby-Smith & Ramdas (2023), "Estimating means of bounded random
@@ -29,8 +30,9 @@ Properties: coverage >= 95% for any distribution on [lo, hi] with independent va
 interval uses the values in their given order (trial order), with no randomness; it always lies in [lo, hi] and
 is wide when the data are few (n = 10 near the clean accuracy: about 0.33 wide, almost all of it below the mean).
 Each side's capital is monotone in m, so each end is found exactly by a staged grid search (33 candidates, three
-times: resolution 1/32768 of [lo, hi], rounded outwards). Cost: O(n) per candidate, 200 candidates: about 0.3 ms for
-n = 10, 1 ms for n = 200, 6 ms for n = 1,000 and 50 ms for n = 5,000 (one core; scripts/coverage.py prints it).
+times: resolution 1/32768 of [lo, hi], rounded outwards). Cost: O(n) per candidate, 200 candidates: about 0.5 ms for
+n = 10, 1 ms for n = 200, 4 ms for n = 1,000 and 15 ms for n = 5,000 (one core; up to 3x more on a loaded machine;
+scripts/coverage.py prints it).
 
 ``two_level_ci`` is the interval of a mean over training seeds (replicates, usually 1 to 5) of each seed's mean
 over its trials: with one seed, ``mean_ci`` of its trials (it covers the fault patterns of that one model); with
