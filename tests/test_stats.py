@@ -1,9 +1,10 @@
-"""Tests for qfi_cli.stats: the bootstrap percentile intervals (coverage, range, hierarchy, determinism)."""
+"""Tests for qfi_cli.stats: the betting intervals (coverage measured on trial-accuracy shapes, bounds, the two levels,
+determinism, cost), and that the percentile bootstrap qfi used before fails the same coverage check."""
 
 from __future__ import annotations
 
-import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,111 +18,182 @@ try:
 except ImportError:  # running from a checkout without an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from qfi_cli.stats import bootstrap_ci, describe_ci, describe_seed_ci, hierarchical_bootstrap_ci, mean_of_means
+from qfi_cli.stats import METHOD, describe_ci, describe_seed_ci, mean_ci, mean_of_means, two_level_ci
 
 FRACTIONS = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=2, max_size=40)
 
+# ------------------------------------------------------------------------------------------- coverage
 
-def _binomial_bounds(n: int, p: float, tail: float = 1e-6) -> tuple[int, int]:
-    """Counts a Binomial(n, p) stays within but with probability < 2 * tail."""
-    return int(sps.binom.ppf(tail, n, p)), int(sps.binom.isf(tail, n, p))
-
-
-def test_percentile_bootstrap_coverage_on_normal_data() -> None:
-    # For normal data the bootstrap distribution of the mean is normal with the plug-in variance s^2 (n-1)/n / n,
-    # so the percentile interval is mean +- z s sqrt((n-1)/n) / sqrt(n): it covers the true mean with probability
-    # P(|T_{n-1}| < z sqrt((n-1)/n)) (0.942 at n = 50). K independent data sets give a binomial count.
-    n, k, mu = 50, 2000, 0.9
-    expected = 1 - 2 * sps.t.sf(sps.norm.ppf(0.975) * math.sqrt((n - 1) / n), n - 1)
-    rng = np.random.default_rng(2024)
-    covered = 0
-    for _ in range(k):
-        low, high = bootstrap_ci(rng.normal(mu, 0.05, n))
-        covered += low <= mu <= high
-    lo, hi = _binomial_bounds(k, expected)
-    assert lo <= covered <= hi, (covered, expected * k)
+POPULATION = 5_000  # trials per rate taken as the population (as scripts/coverage.py does on the real model)
+REPETITIONS = 400
+TARGET = 0.94  # issue 26: the share of 95% intervals that contain the reference must be >= 94%
+# The tolerance: a valid 95% interval covers with probability >= 0.95, so over 400 independent repetitions the count
+# is Binomial(400, >= 0.95): sd <= 4.4 (1.1 points). 94% is 376 of 400, 0.9 sd below 380; an interval with coverage
+# exactly 95% would miss it in ~15% of seeds, which is why the check is a fixed computation (seeded) and why the
+# measured coverage (99-100%) sits far above it: with true coverage 98% the chance to fall below 376 is < 1e-4.
+# The old bootstrap covers 55-85% here: 8-30 sd below the target.
 
 
-def test_wrong_level_would_fail_the_coverage_check() -> None:
-    """The check above can fail: a 68% interval covers far fewer than the binomial bound."""
-    n, k, mu = 50, 400, 0.9
-    expected = 1 - 2 * sps.t.sf(sps.norm.ppf(0.975) * math.sqrt((n - 1) / n), n - 1)
-    rng = np.random.default_rng(7)
-    covered = sum(lo <= mu <= hi for lo, hi in (bootstrap_ci(rng.normal(mu, 0.05, n), level=0.68)
-                                               for _ in range(k)))
-    assert covered < _binomial_bounds(k, expected)[0]
+def population(shape: str, size: int = POPULATION, seed: int = 0) -> np.ndarray:
+    """Trial accuracies of the measured shape of digits_cnn 8-bit (360 test samples, clean accuracy ~0.98).
 
+    ``"1e-4"``: binomial noise around 0.98, and with probability 0.55% a catastrophic trial uniform in [0.1, 0.9]
+    (skewness about -15, as measured at p = 0.01%); ``"1e-3"``: around 0.975, 10% of trials uniform in [0.3, 0.95]
+    (skewness about -3.6; measured -3.7 at 0.1%); ``"1e-2"``: a milder spread, each trial's accuracy drawn from
+    Beta(90, 10) (mean 0.9, sd 0.03) then binomial on 360 samples (skewness about -0.5).
+    """
+    rng = np.random.default_rng([seed, {"1e-4": 4, "1e-3": 3, "1e-2": 2}[shape]])
+    if shape == "1e-2":
+        return rng.binomial(360, rng.beta(90, 10, size)) / 360
+    clean, share, low, high = {"1e-4": (0.98, 0.0055, 0.1, 0.9), "1e-3": (0.975, 0.10, 0.3, 0.95)}[shape]
+    acc = rng.binomial(360, clean, size) / 360
+    bad = rng.random(size) < share
+    acc[bad] = rng.uniform(low, high, int(bad.sum()))
+    return acc
+
+
+def subsamples(pop: np.ndarray, n: int, repetitions: int = REPETITIONS, seed: int = 1) -> np.ndarray:
+    """``repetitions`` samples of n trials, each drawn without replacement from the population."""
+    rng = np.random.default_rng([seed, n])
+    return np.stack([pop[rng.choice(len(pop), n, replace=False)] for _ in range(repetitions)])
+
+
+def percentile_bootstrap(values: np.ndarray, resamples: int = 2_000, seed: int = 0) -> tuple[float, float]:
+    """The interval qfi reported before: 2.5% and 97.5% quantiles of the means of resamples with replacement."""
+    idx = np.random.default_rng([seed, len(values)]).integers(0, len(values), (resamples, len(values)))
+    low, high = np.quantile(values[idx].mean(axis=1), [0.025, 0.975])
+    return float(low), float(high)
+
+
+def coverage(procedure, samples: np.ndarray, reference: float) -> tuple[float, float]:
+    intervals = np.array([procedure(s) for s in samples])
+    covered = (intervals[:, 0] <= reference) & (reference <= intervals[:, 1])
+    return float(covered.mean()), float((intervals[:, 1] - intervals[:, 0]).mean())
+
+
+def test_populations_have_the_measured_shape() -> None:
+    skew = {shape: sps.skew(population(shape)) for shape in ("1e-4", "1e-3", "1e-2")}
+    assert -20 < skew["1e-4"] < -11 and -4.5 < skew["1e-3"] < -3 and -1 < skew["1e-2"] < 0, skew
+    assert abs(population("1e-2").mean() - 0.9) < 0.005 and abs(population("1e-2").std() - 0.034) < 0.003
+    assert abs(np.median(population("1e-4")) - 0.98) < 0.005
+
+
+@pytest.mark.parametrize("shape", ["1e-4", "1e-3", "1e-2"])
+@pytest.mark.parametrize("n", [10, 50])
+def test_betting_interval_covers_trial_accuracies(shape: str, n: int) -> None:
+    pop = population(shape)
+    share, width = coverage(mean_ci, subsamples(pop, n), float(pop.mean()))
+    assert share >= TARGET, (shape, n, share)
+    assert width < {10: 0.45, 50: 0.15}[n], (shape, n, width)  # wide where few trials must be, but not [0, 1]
+
+
+@pytest.mark.parametrize("n", [10, 50])
+def test_percentile_bootstrap_fails_on_the_heavy_tail(n: int) -> None:
+    """The same check fails the old interval: most samples of 10 or 50 trials hold no catastrophic trial, and the
+    percentile interval of such a sample lies on the clean accuracy, above the mean."""
+    pop = population("1e-4")
+    share, _ = coverage(percentile_bootstrap, subsamples(pop, n), float(pop.mean()))
+    assert share < 0.90, share  # far below TARGET (measured 0.55-0.80)
+
+
+# --------------------------------------------------------------------------------------------- properties
 
 @settings(max_examples=60, deadline=None)
 @given(FRACTIONS)
-def test_interval_stays_inside_the_data(values: list[float]) -> None:
-    low, high = bootstrap_ci(values, resamples=500)
-    assert min(values) <= low <= high <= max(values)
-    inner = bootstrap_ci(values, level=0.5, resamples=500)  # same resamples: nested quantiles
-    assert low <= inner[0] <= inner[1] <= high
+def test_interval_inside_the_bounds_and_holds_the_mean(values: list[float]) -> None:
+    low, high = mean_ci(values)
+    assert 0.0 <= low <= high <= 1.0
+    assert low - 1e-9 <= float(np.mean(values)) <= high + 1e-9
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(FRACTIONS, min_size=1, max_size=5))
-def test_hierarchical_interval_stays_inside_the_data(groups: list[list[float]]) -> None:
-    low, high = hierarchical_bootstrap_ci(groups, resamples=500)
-    flat = [v for g in groups for v in g]
-    assert min(flat) <= low <= high <= max(flat)
+@settings(max_examples=30, deadline=None)
+@given(FRACTIONS)
+def test_mirrored_and_affine(values: list[float]) -> None:
+    """RErr = 1 - accuracy gets the mirrored interval; values on [lo, hi] the mapped one (paired differences)."""
+    low, high = mean_ci(values)
+    m_low, m_high = mean_ci([1.0 - v for v in values])
+    assert (m_low, m_high) == pytest.approx((1.0 - high, 1.0 - low), abs=1e-9)
+    d_low, d_high = mean_ci([2.0 * v - 1.0 for v in values], lo=-1.0)
+    assert (d_low, d_high) == pytest.approx((2.0 * low - 1.0, 2.0 * high - 1.0), abs=1e-9)
 
 
-def test_skewed_trials_never_above_the_best_trial() -> None:
+def test_no_collapse_seen_still_reaches_down_by_the_bound() -> None:
+    # 10 trials at 0.98: a distribution with P(trial = 0) = d gives such a sample with probability (1 - d)^10,
+    # >= 2.5% up to d = 0.31 (mean 0.678); a valid interval must reach down about that far. Above, a mean of
+    # 0.986 needs 31% of trials at 1.0 (the same 2.5%), so the upper end stays near the data.
+    low, high = mean_ci([0.98] * 10)
+    assert 0.6 < low < 0.70 and 0.98 < high < 0.99
+    low50, high50 = mean_ci([0.98] * 50)  # (1 - d)^50 = 2.5%: d = 0.071, mean 0.91
+    assert 0.88 < low50 < 0.92 and 0.98 < high50 < 0.985
+
+
+def test_skewed_trials_stay_within_the_bound() -> None:
     # the demo's case: trials near clean (99.1%) and a few collapses; a Student-t band went above 100%
     accs = [0.991] * 45 + [0.40, 0.55, 0.62, 0.71, 0.30]
-    low, high = bootstrap_ci(accs)
-    assert high <= 0.991 and low < float(np.mean(accs)) < high
+    low, high = mean_ci(accs)
+    assert 0.0 <= low < float(np.mean(accs)) < high <= 1.0
 
 
-def test_deterministic_and_seeded() -> None:
+def test_deterministic() -> None:
     values = list(np.random.default_rng(3).random(30))
-    assert bootstrap_ci(values) == bootstrap_ci(values)
-    assert hierarchical_bootstrap_ci([values[:10], values[10:]]) == hierarchical_bootstrap_ci([values[:10],
-                                                                                               values[10:]])
-    assert bootstrap_ci(values, seed=1) != bootstrap_ci(values, seed=2)
+    assert mean_ci(values) == mean_ci(values)
+    assert two_level_ci([values[:10], values[10:]]) == two_level_ci([values[:10], values[10:]])
 
 
-def test_too_few_values() -> None:
-    assert bootstrap_ci([]) == (None, None) and bootstrap_ci([0.5]) == (None, None)
-    assert hierarchical_bootstrap_ci([]) == (None, None)
-    assert hierarchical_bootstrap_ci([[0.5], []]) == (None, None)
+def test_too_few_values_and_bad_input() -> None:
+    assert mean_ci([]) == (None, None) and mean_ci([0.5]) == (None, None)
+    assert two_level_ci([]) == (None, None)
+    assert two_level_ci([[0.5], []]) == (None, None)
     assert mean_of_means([[], []]) is None
     with pytest.raises(ValueError):
-        bootstrap_ci([0.1, 0.2], level=1.0)
+        mean_ci([0.1, 0.2], level=1.0)
+    with pytest.raises(ValueError):
+        mean_ci([0.1, 1.5])
+    with pytest.raises(ValueError):
+        mean_ci([0.1, float("nan")])
+    assert mean_ci([0.0, 1.0 + 1e-15]) == mean_ci([0.0, 1.0])  # float rounding is clipped
 
 
-def test_one_seed_is_the_one_level_bootstrap() -> None:
+def test_one_seed_is_the_trial_interval() -> None:
     trials = [0.9, 0.7, 0.95, 0.3, 0.88]
-    assert hierarchical_bootstrap_ci([trials]) == bootstrap_ci(trials)
-    assert hierarchical_bootstrap_ci([trials, []]) == bootstrap_ci(trials)
+    assert two_level_ci([trials]) == mean_ci(trials)
+    assert two_level_ci([trials, []]) == mean_ci(trials)
 
 
-def test_no_trial_variance_is_the_bootstrap_over_seed_means() -> None:
-    means = list(np.random.default_rng(5).random(10))
-    low, high = hierarchical_bootstrap_ci([[m] * 7 for m in means])
-    ref = bootstrap_ci(means)  # the seed draws are the same stream; resampled means of constants may differ by
-    assert (low, high) == pytest.approx(ref, rel=1e-12)  # float rounding of a weighted sum only
-
-
-def test_three_seeds_span_their_range() -> None:
-    # With 3 seeds, all three draws pick the smallest with probability 1/27 = 3.7% > 2.5% (and the largest
-    # likewise): the 2.5% and 97.5% quantiles of the seed level are the smallest and largest seed means.
-    assert hierarchical_bootstrap_ci([[0.7] * 4, [0.9] * 4, [0.8] * 4]) == pytest.approx((0.7, 0.9))
-
-
-def test_hierarchical_wider_than_one_level_when_seeds_differ() -> None:
+def test_several_seeds_are_the_interval_of_the_seed_means() -> None:
     rng = np.random.default_rng(11)
     groups = [list(np.clip(rng.normal(m, 0.02, 30), 0, 1)) for m in (0.90, 0.75, 0.95)]
-    h_low, h_high = hierarchical_bootstrap_ci(groups)
-    p_low, p_high = bootstrap_ci([v for g in groups for v in g])  # pooled trials, seeds ignored
-    assert h_high - h_low > 2 * (p_high - p_low)
-    assert h_low <= mean_of_means(groups) <= h_high
+    assert two_level_ci(groups) == mean_ci([float(np.mean(g)) for g in groups])
+    low, high = two_level_ci(groups)
+    pooled = mean_ci([v for g in groups for v in g])  # 90 trials as if one model: seeds ignored
+    assert low <= mean_of_means(groups) <= high
+    assert high - low > 3 * (pooled[1] - pooled[0])  # three replicates say far less than 90 trials
+
+
+def test_two_level_covers_seed_variance() -> None:
+    """Seeds whose models differ (mean 0.9, sd 0.05 across seeds) and 10 trials each: the interval from 3 seed
+    means covers the mean over seeds (every seed its own patterns) in >= 95% of 400 studies."""
+    rng = np.random.default_rng(5)
+    covered = 0
+    for _ in range(REPETITIONS):
+        models = np.clip(rng.normal(0.9, 0.05, 3), 0, 1)
+        groups = [rng.binomial(360, m, 10) / 360 for m in models]
+        low, high = two_level_ci(groups)
+        covered += low <= 0.9 <= high
+    assert covered / REPETITIONS >= TARGET
+
+
+def test_cost_per_interval() -> None:
+    x = population("1e-2")[:200]
+    mean_ci(x)
+    start = time.perf_counter()
+    for _ in range(20):
+        mean_ci(x)
+    assert (time.perf_counter() - start) / 20 < 0.02  # about 1 ms on one core
 
 
 def test_wording() -> None:
+    assert METHOD in describe_ci(3) and METHOD in describe_ci(1) and METHOD in describe_seed_ci()
     assert "training seeds and fault patterns" in describe_ci(3)
     assert "fault patterns (trials) of one training seed" in describe_ci(1)
     assert "one seed" in describe_ci([1, 3])

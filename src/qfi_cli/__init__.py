@@ -5,8 +5,8 @@ stays as fast as the command line needs). README's "From Python" shows this exam
 
 >>> import torch
 >>> from torch import nn
->>> from qfi_cli import SAM, FaultConfig, FaultInjector, bootstrap_ci, calibrate, frozen_weights, load_dataset
->>> from qfi_cli import quantize_model
+>>> from qfi_cli import SAM, FaultConfig, FaultInjector, calibrate, frozen_weights, load_dataset
+>>> from qfi_cli import mean_ci, quantize_model
 >>> _ = torch.manual_seed(0)
 >>> data = load_dataset("digits")                        # 8x8 images as in-memory tensors
 >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))   # your float model
@@ -28,7 +28,7 @@ stays as fast as the command line needs). README's "From Python" shows this exam
 ...     for t in range(20):                              # trial t: its own pattern, undone on exit
 ...         with injector.trial(t):
 ...             faulty.append(accuracy())
->>> low, high = bootstrap_ci(faulty)                     # 95% bootstrap interval of the mean over trials
+>>> low, high = mean_ci(faulty)                          # 95% interval of the mean over trials (betting)
 >>> clean > 0.9, low <= sum(faulty) / len(faulty) <= high, high <= clean
 (True, True, True)
 """
@@ -51,7 +51,7 @@ _EXPORTS = {
     # faults, SAM, statistics
     "FaultConfig": "qfi_cli.faults", "FaultInjector": "qfi_cli.faults", "FAULT_MODELS": "qfi_cli.faults",
     "SAM": "qfi_cli.optim",
-    "bootstrap_ci": "qfi_cli.stats", "hierarchical_bootstrap_ci": "qfi_cli.stats",
+    "mean_ci": "qfi_cli.stats", "two_level_ci": "qfi_cli.stats",
     # the engine: what `qfi train` / `qfi inject-eval` run
     "train": "qfi_cli.engine.train", "inject_eval": "qfi_cli.engine.evaluate", "load_trained": "qfi_cli.engine.evaluate",
     "build_float_model": "qfi_cli.engine.common", "build_quantized_model": "qfi_cli.engine.common",

@@ -1,24 +1,63 @@
-"""Small statistics shared by inject-eval and the sweep report: means and their 95% intervals.
+"""Small statistics shared by inject-eval and the reports: means and their 95% intervals.
 
-Trial accuracies under bit errors are skewed (most trials near the clean accuracy, a few collapses), so the
-intervals here are bootstrap percentile intervals: they stay inside the range of the data (never above the best
-trial) and follow its skew. They are deterministic (a fixed generator seed). ``hierarchical_bootstrap_ci`` covers
-two sources of variance at once: the training seed (which model you got) and the fault pattern (which bits broke).
-``describe_ci`` says in one line which of them an interval covers.
+**Which interval, and why.** Trial accuracies under bit errors are bounded ([0, 1]) and, at low rates, have a long
+left tail: most trials equal the clean accuracy and a rare one collapses (digits_cnn 8-bit: skewness -15 at
+p = 0.01%, -3.7 at 0.1%). A sample of 10 or 50 trials usually holds no collapse, so any interval built from the
+spread of the sample (bootstrap percentile, Student t, empirical Bernstein with the observed range) shrinks onto
+the clean accuracy and misses the mean: the bootstrap percentile interval qfi used before covered 29% (n = 10) and
+53% (n = 50) at p = 0.01% on the real model (issue 26; scripts/coverage.py measured 26% and 58%). An
+interval valid for every distribution on [0, 1] has to use the bound itself: 10 trials all at 0.98 cannot exclude
+a 30% chance of a trial at 0 (such a sample then still has probability 2.5%), so its lower end must reach down to
+about 0.68, and that is the honest answer.
+
+``mean_ci`` is the betting confidence interval of Waudby-Smith & Ramdas (2023), "Estimating means of bounded random
+variables by betting" (JRSS-B 86(1)): for a candidate mean m, a gambler who starts with capital 1 and bets the
+fraction lambda_t on each value through K_t(m) = prod_i (1 + lambda_i (x_i - m)) holds a nonnegative martingale
+when the mean is m, so by Markov's inequality it reaches 2/alpha with probability <= alpha/2. Two such gamblers,
+one betting that the mean lies above m (its capital rejects m as too small), one below (too large), each at
+alpha/2 (the hedged capital with theta = 1/2); the interval is every m neither rejects. The bets are the
+predictable plug-in ones of the paper's fixed-n interval, lambda_t = sqrt(2 log(2/alpha) / (n sigma_{t-1}^2)),
+truncated at c/m (above) and c/(1-m) (below) with c = 0.95, where sigma_{t-1}^2 is the variance of the values
+before t (floored at 1e-5; the first bet uses 1/4). Choices against the paper's defaults, measured on simulated
+trial accuracies (tests/test_stats.py) and real ones (scripts/coverage.py): the variance estimate has no 1/4
+prior pseudo-observation (with it, 50 trials near 0.98 kept the upper end at 1.0), and c = 0.95 rather than 3/4
+(the lower end is set by the bound, and a bet near all-in reaches it: [0.98] * 10 gives [0.667, 0.987]). The
+guarantee does not depend on these choices (any bet fixed before seeing x_t is valid); they set the width only.
+Compared there with the paper's prior-and-c = 3/4 version, its aGRAPA bets and its diversified-Kelly mixture, this
+one was the narrowest at n = 10, 50 and 200 at all three shapes.
+
+Properties: coverage >= 95% for any distribution on [lo, hi] with independent values (not asymptotic); the
+interval uses the values in their given order (trial order), with no randomness; it always lies in [lo, hi] and
+is wide when the data are few (n = 10 near the clean accuracy: about 0.33 wide, almost all of it below the mean).
+Each side's capital is monotone in m, so each end is found exactly by a staged grid search (33 candidates, three
+times: resolution 1/32768 of [lo, hi], rounded outwards). Cost: O(n) per candidate, 200 candidates: about 0.5 ms for
+n = 10, 1 ms for n = 200, 4 ms for n = 1,000 and 15 ms for n = 5,000 (one core; up to 3x more on a loaded machine;
+scripts/coverage.py prints it).
+
+``two_level_ci`` is the interval of a mean over training seeds (replicates, usually 1 to 5) of each seed's mean
+over its trials: with one seed, ``mean_ci`` of its trials (it covers the fault patterns of that one model); with
+several, ``mean_ci`` of the per-seed means, each in [lo, hi] with the same expectation, so the interval covers the
+seed-to-seed variance and, inside each seed mean, the trial-to-trial one. When the seeds share their fault
+patterns (one ``eval.fault_seed``, as in a study) it is conditional on those patterns: a pattern that breaks every
+model lowers every seed mean alike. With 2 or 3 seeds it is wide (few replicates, and only the bound to go by).
+``describe_ci`` / ``describe_seed_ci`` say in one line which variance an interval covers and by which method.
+
+A difference of two paired values in [0, 1] lies in [-1, 1]: pass ``lo=-1.0``.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 
 LEVEL = 0.95
-RESAMPLES = 10_000
-SEED = 0
-_CACHED = 1 << 21  # resample weights up to this size (16 MB: 209 trials) are cached; more are drawn in chunks
+METHOD = "betting (Waudby-Smith & Ramdas 2023)"  # the ``ci_method`` of results.json
+TRUNCATION = 0.95  # c: at most this fraction of the capital the bound allows is bet on one value
+VARIANCE_FLOOR = 1e-5  # of the values mapped to [0, 1]
+STAGES = (32, 32, 32)  # candidate means per refinement (each + 1): resolution 1/32768 of [lo, hi]
+_SLACK = 1e-12  # values this far outside [lo, hi] are float rounding and clipped
 
 
 def mean_of_means(groups: Sequence[Sequence[float]]) -> float | None:
@@ -31,135 +70,124 @@ def mean_of_means(groups: Sequence[Sequence[float]]) -> float | None:
     return math.fsum(means) / len(means) if means else None
 
 
-def _indices(n: int, resamples: int, seed: int, stream: int) -> np.ndarray:
-    """Indices of ``resamples`` draws of n out of n with replacement, from stream ``stream`` of ``seed``."""
-    return np.random.default_rng([seed, stream, n]).integers(0, n, size=(resamples, n))
-
-
-@lru_cache(maxsize=8)
-def _weights(n: int, resamples: int, seed: int, stream: int) -> np.ndarray:
-    """Bootstrap weights (resamples x n, read-only): row b holds how often resample b drew each of n values, / n.
-
-    Stream ``stream`` of ``seed``; cached, since every cell of a report resamples the same trial count.
-    """
-    idx = _indices(n, resamples, seed, stream) + n * np.arange(resamples)[:, None]
-    weights = np.bincount(idx.ravel(), minlength=resamples * n).reshape(resamples, n) / n
-    weights.flags.writeable = False
-    return weights
-
-
-def _resampled_means(values: np.ndarray, resamples: int, seed: int, stream: int) -> np.ndarray:
-    """Means of ``resamples`` bootstrap resamples of each column of ``values`` (n x k) -> (resamples x k).
-
-    Resample b draws the same rows for every column (one draw of n indices with replacement).
-    """
-    n, k = values.shape
-    columns = [np.ascontiguousarray(values[:, c]) for c in range(k)]  # einsum per column: no BLAS threads
-    if n * resamples <= _CACHED:
-        weights = _weights(n, resamples, seed, stream)
-        return np.stack([np.einsum("bn,n->b", weights, col) for col in columns], axis=1)
-    rng = np.random.default_rng([seed, stream, n])  # long trial lists: draw in chunks, uncached
-    out = np.empty((resamples, k))
-    step = max(1, _CACHED // n)
-    for start in range(0, resamples, step):
-        rows = min(resamples, start + step) - start
-        idx = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
-        weights = np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n) / n
-        out[start:start + rows] = np.stack([np.einsum("bn,n->b", weights, col) for col in columns], axis=1)
-    return out
-
-
-def _percentiles(means: np.ndarray, values: np.ndarray, level: float) -> tuple[float, float]:
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    lo, hi = float(values.min()), float(values.max())  # a mean of resampled values cannot leave [min, max]:
-    return min(max(float(low), lo), hi), min(max(float(high), lo), hi)  # clip away float rounding
-
-
-def _check(level: float, resamples: int) -> None:
+def _check_level(level: float) -> None:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
 
 
-def bootstrap_ci(values: Sequence[float], level: float = LEVEL, resamples: int = RESAMPLES,
-                 seed: int = SEED) -> tuple[float, float] | tuple[None, None]:
-    """Bootstrap percentile interval of the mean of ``values`` (say one model's trial accuracies).
-
-    Draws ``resamples`` resamples of the values with replacement (numpy PCG64 seeded with ``seed``: the same
-    values give the same interval) and returns the (1 - level)/2 and (1 + level)/2 quantiles of their means.
-    The interval never leaves [min, max] of the values, so it never rises above the best trial. (None, None)
-    below two values. The interval covers the variance of the values only: over trials, the fault patterns.
-
-    >>> [round(x, 4) for x in bootstrap_ci([0.99, 0.98, 0.99, 0.97, 0.99, 0.40])]  # skewed: mean 0.887
-    [0.6917, 0.9883]
-    >>> bootstrap_ci([0.9])
-    (None, None)
-    >>> bootstrap_ci([0.5, 0.5, 0.5])
-    (0.5, 0.5)
-    """
-    _check(level, resamples)
+def _scaled(values: Sequence[float], lo: float, hi: float) -> np.ndarray:
+    if not hi > lo:
+        raise ValueError(f"the bounds must satisfy lo < hi, got [{lo}, {hi}]")
     data = np.asarray(values, dtype=float)
-    if data.ndim != 1 or len(data) < 2:
-        return None, None
-    return _percentiles(_resampled_means(data[:, None], resamples, seed, 0)[:, 0], data, level)
+    if data.ndim != 1:
+        raise ValueError("values must be one-dimensional")
+    if not np.isfinite(data).all() or (data < lo - _SLACK * (hi - lo)).any() or (data > hi + _SLACK * (hi - lo)).any():
+        raise ValueError(f"mean_ci needs finite values inside [{lo:g}, {hi:g}]")
+    return np.clip((data - lo) / (hi - lo), 0.0, 1.0)
 
 
-def hierarchical_bootstrap_ci(groups: Sequence[Sequence[float]], level: float = LEVEL,
-                              resamples: int = RESAMPLES,
-                              seed: int = SEED) -> tuple[float, float] | tuple[None, None]:
-    """Two-level bootstrap percentile interval of ``mean_of_means(groups)``: groups are training seeds, their
-    values the trials (fault patterns) of that seed's model.
+def _bets(x: np.ndarray, alpha: float) -> np.ndarray:
+    """The predictable plug-in bets: bet t uses the values before t only (their variance, floored)."""
+    n = len(x)
+    t = np.arange(1, n + 1)
+    mean = np.cumsum(x) / t
+    var = np.maximum(np.cumsum(x * x) / t - mean * mean, 0.0)  # variance of the first t values
+    before = np.concatenate([[0.25], np.maximum(var[:-1], VARIANCE_FLOOR)])
+    return np.sqrt(2.0 * math.log(2.0 / alpha) / (n * before))
 
-    Each resample draws as many groups as there are, with replacement, then for each drawn group as many of its
-    values as it has, with replacement; the statistic is the mean over drawn groups of their resampled means.
-    So the interval covers both the seed-to-seed and the pattern-to-pattern variance. With one group it is
-    ``bootstrap_ci`` of that group (fault patterns only); when no group varies it is the percentile bootstrap
-    of the group means (seeds only). Like ``bootstrap_ci`` it stays inside [min, max] of all the values; empty
-    groups are ignored; (None, None) when there is no variance to resample (one group of one value).
 
-    Few seeds limit it: with 2 or 3 groups, every seed drawn alike has probability 1/4 or 1/27 > 2.5%, so the
-    seed level spans exactly the range of the group means, which holds the mean of a symmetric seed distribution
-    with probability 1 - 2^(1-n) (50% for 2 seeds, 75% for 3); trials widen it from there.
+def _rejects(x: np.ndarray, bets: np.ndarray, m: np.ndarray, threshold: float, above: bool) -> np.ndarray:
+    """For each candidate mean m: does the capital of the gambler betting the mean lies above m (``above``) or
+    below it reach exp(threshold)? Monotone in m: non-increasing for ``above``, non-decreasing otherwise."""
+    room = m if above else 1.0 - m
+    with np.errstate(divide="ignore"):
+        cap = np.where(room > 0, TRUNCATION / np.where(room > 0, room, 1.0), np.inf)
+    lam = np.minimum(bets[:, None], cap[None, :])
+    step = (x[:, None] - m[None, :]) if above else (m[None, :] - x[:, None])
+    return np.log1p(lam * step).sum(axis=0) >= threshold
 
-    >>> [round(x, 4) for x in hierarchical_bootstrap_ci([[0.98, 0.97, 0.99], [0.90, 0.60, 0.91], [0.96, 0.95]])]
-    [0.7878, 0.9778]
-    >>> hierarchical_bootstrap_ci([[0.9, 0.8]]) == bootstrap_ci([0.9, 0.8])
-    True
-    >>> hierarchical_bootstrap_ci([[0.9], [0.8], [0.7]])  # one trial per seed: seeds only, their range
-    (0.7, 0.9)
+
+def _end(x: np.ndarray, bets: np.ndarray, threshold: float, lower: bool) -> float:
+    """The lower (or upper) end of the interval: the last candidate rejected as too small (or the first as too
+    large), refined in stages; every accepted candidate lies inside, so the end errs outwards only."""
+    a, b = 0.0, 1.0
+    for g in STAGES:
+        m = np.linspace(a, b, g + 1)
+        hit = np.flatnonzero(_rejects(x, bets, m, threshold, above=lower))
+        if lower:
+            if not len(hit):
+                return a
+            j = hit[-1]
+            if j == g:
+                return b
+            a, b = m[j], m[j + 1]
+        else:
+            if not len(hit):
+                return b
+            j = hit[0]
+            if j == 0:
+                return a
+            a, b = m[j - 1], m[j]
+    return a if lower else b
+
+
+def mean_ci(values: Sequence[float], lo: float = 0.0, hi: float = 1.0,
+            level: float = LEVEL) -> tuple[float, float] | tuple[None, None]:
+    """Betting confidence interval (Waudby-Smith & Ramdas 2023) of the mean of ``values``, each in [lo, hi].
+
+    Valid for any distribution on [lo, hi] (independent values; not asymptotic); uses the values in their
+    given order; deterministic. (None, None) below two values. See the module docstring for the bets.
+
+    >>> [round(v, 4) for v in mean_ci([0.99, 0.98, 0.99, 0.97, 0.99, 0.40])]  # skewed: mean 0.887
+    [0.448, 0.9846]
+    >>> [round(v, 3) for v in mean_ci([0.98] * 10)]  # no collapse seen: the bound says how far down one may lie
+    [0.667, 0.987]
+    >>> mean_ci([0.9])
+    (None, None)
+    >>> [round(v, 3) for v in mean_ci([0.02, -0.01, 0.03] * 20, lo=-1.0)]  # paired differences lie in [-1, 1]
+    [-0.051, 0.076]
     """
-    _check(level, resamples)
-    data = [np.asarray(g, dtype=float) for g in groups if len(g)]
-    if len(data) < 2:
-        return bootstrap_ci(data[0], level, resamples, seed) if data else (None, None)
-    n = len(data)
-    # stream 0 picks the seeds (so that, with no trial variance, this is bootstrap_ci of the group means);
-    # stream 1 + j resamples the trials of whichever seed fills slot j
-    pick = _indices(n, resamples, seed, 0)
-    means = np.empty((resamples, n))
-    for j in range(n):
-        slot = np.empty((resamples, n))  # column g: resampled mean of group g, for every resample
-        for size in {len(v) for v in data}:
-            members = [g for g, v in enumerate(data) if len(v) == size]
-            values = np.stack([data[g] for g in members], axis=1)
-            slot[:, members] = values[0] if size == 1 else _resampled_means(values, resamples, seed, 1 + j)
-        means[:, j] = slot[np.arange(resamples), pick[:, j]]
-    return _percentiles(means.mean(axis=1), np.concatenate(data), level)
+    _check_level(level)
+    x = _scaled(values, lo, hi)
+    if len(x) < 2:
+        return None, None
+    alpha = 1.0 - level
+    bets = _bets(x, alpha)
+    threshold = math.log(2.0 / alpha)
+    low, high = _end(x, bets, threshold, lower=True), _end(x, bets, threshold, lower=False)
+    return float(lo + (hi - lo) * low), float(lo + (hi - lo) * high)
 
 
-def describe_ci(seeds: int | Sequence[int], level: float = LEVEL, resamples: int = RESAMPLES) -> str:
+def two_level_ci(groups: Sequence[Sequence[float]], lo: float = 0.0, hi: float = 1.0,
+                 level: float = LEVEL) -> tuple[float, float] | tuple[None, None]:
+    """Interval of ``mean_of_means(groups)``: groups are training seeds, their values the trials of that seed.
+
+    One group: ``mean_ci`` of its values (fault patterns of one model). Several: ``mean_ci`` of the group means,
+    which covers the seed-to-seed variance and the trials' variance inside each mean (see the module docstring).
+    Empty groups are ignored; (None, None) for one group of one value.
+
+    >>> two_level_ci([[0.9, 0.8]]) == mean_ci([0.9, 0.8])
+    True
+    >>> [round(v, 3) for v in two_level_ci([[0.98, 0.97, 0.99], [0.90, 0.60, 0.91], [0.96, 0.95]])]
+    [0.243, 0.992]
+    """
+    data = [list(g) for g in groups if len(g)]
+    if len(data) == 1:
+        return mean_ci(data[0], lo, hi, level)
+    return mean_ci([math.fsum(g) / len(g) for g in data], lo, hi, level)
+
+
+def describe_ci(seeds: int | Sequence[int], level: float = LEVEL) -> str:
     """One line saying what an interval of this module covers, given the number(s) of training seeds behind it.
 
     >>> describe_ci(3)
-    '95% CI: bootstrap percentile (10,000 resamples), hierarchical over training seeds and fault patterns (trials)'
+    '95% CI: betting (Waudby-Smith & Ramdas 2023) over per-seed means: training seeds and fault patterns (trials)'
     >>> describe_ci(1)
-    '95% CI: bootstrap percentile (10,000 resamples) over fault patterns (trials) of one training seed'
+    '95% CI: betting (Waudby-Smith & Ramdas 2023) over fault patterns (trials) of one training seed'
     """
     counts = {seeds} if isinstance(seeds, int) else set(seeds)
-    head = f"{100 * level:g}% CI: bootstrap percentile ({resamples:,} resamples)"
-    several = f"{head}, hierarchical over training seeds and fault patterns (trials)"
+    head = f"{100 * level:g}% CI: {METHOD}"
+    several = f"{head} over per-seed means: training seeds and fault patterns (trials)"
     one = f"{head} over fault patterns (trials) of one training seed"
     if counts <= {0, 1}:
         return one
@@ -168,10 +196,13 @@ def describe_ci(seeds: int | Sequence[int], level: float = LEVEL, resamples: int
     return f"{several}; over fault patterns only where a row has one seed"
 
 
-def describe_seed_ci(level: float = LEVEL, resamples: int = RESAMPLES) -> str:
-    """What the interval of a per-model number (clean error: one value per training seed) covers.
+def describe_seed_ci(level: float = LEVEL, bound: str = "[0, 1]") -> str:
+    """What the interval of a per-model number (one value per training seed, within ``bound``) covers.
 
     >>> describe_seed_ci()
-    '95% CI: bootstrap percentile (10,000 resamples) over training seeds'
+    '95% CI: betting (Waudby-Smith & Ramdas 2023) over training seeds'
+    >>> describe_seed_ci(bound="[0, attack.flips + 1]")
+    '95% CI: betting (Waudby-Smith & Ramdas 2023) over training seeds, values in [0, attack.flips + 1]'
     """
-    return f"{100 * level:g}% CI: bootstrap percentile ({resamples:,} resamples) over training seeds"
+    tail = "" if bound == "[0, 1]" else f", values in {bound}"
+    return f"{100 * level:g}% CI: {METHOD} over training seeds{tail}"

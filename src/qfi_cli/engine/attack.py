@@ -25,7 +25,7 @@ from qfi_cli.faults import FaultConfig, FaultInjector
 from qfi_cli.faults.search import BitSearch
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, quantized_layers, stored_record, weight_bits_total
-from qfi_cli.stats import describe_ci
+from qfi_cli.stats import METHOD, describe_ci
 
 DENSE_COUNTS = 32  # up to this many flips the random baseline is measured at every count
 
@@ -80,7 +80,8 @@ def random_baseline(model: torch.nn.Module, counts: list[int], trials: int, faul
     stats = [mean_ci95(a) for a in per_count]
     return {"counts": counts, "trials": trials, "fault_seed": fault_seed,
             "accuracy_mean": [s[0] for s in stats], "accuracy_std": [s[1] for s in stats],
-            "accuracy_ci95": [s[2] for s in stats], "ci_method": describe_ci(1), "accuracies": per_count}
+            "accuracy_ci95": [s[2] for s in stats], "ci_method": METHOD, "ci_covers": describe_ci(1),
+            "accuracies": per_count}
 
 
 def random_at(random: dict[str, Any], count: int | None) -> dict[str, Any] | None:

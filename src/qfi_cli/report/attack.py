@@ -4,7 +4,7 @@ a study table column group (flips to target per configuration) and ``attacks.csv
 ``collect_attacks(sweep_dir)`` reads every attack.json (hidden directories and ``models/`` skipped) into a row:
 the point's swept values, ``clean_accuracy``, ``status``, ``error``, ``dir``, and private ``_`` keys (flips to
 target, the random baseline at that count, the model's facts). ``attack_columns`` is a ``TABLE_GROUPS`` member:
-flips to target as mean over training seeds [bootstrap CI over seeds], and the random baseline's accuracy at the
+flips to target as mean over training seeds [betting CI over seeds, values in [0, attack.flips + 1]], and the random baseline's accuracy at the
 same numbers of flips.
 
 >>> import tempfile, pathlib
@@ -32,7 +32,9 @@ from qfi_cli.layout import ATTACK, ATTACK_CURVE, ATTACKS_CSV
 from qfi_cli.report.collect import (SEED_KEY, SHARPNESS, _integer, _Invalid, _number, _one_line, _result_files,
                                     _show, config_order, factors, point_keys, sort_value, stored_label)
 from qfi_cli.report.study import Config, Estimate, Study
-from qfi_cli.stats import bootstrap_ci, describe_seed_ci
+from qfi_cli.stats import describe_ci, describe_seed_ci, mean_ci
+
+FLIPS_BOUND = "[0, attack.flips + 1]"  # flips to target: at most attack.flips, or attack.flips + 1 if never reached
 
 ATTACK_COLUMNS = ("flips_to_target", "flips_committed", "max_flips", "target_accuracy", "clean_accuracy",
                   "final_accuracy", "random_accuracy_at_target", "seconds_per_flip", "status", "error", "dir",
@@ -120,9 +122,10 @@ def collect_attacks(sweep_dir: str | Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------- numbers
 
 def flips_estimate(rows: list[dict[str, Any]]) -> Estimate:
-    """Flips to target over training seeds: mean [bootstrap CI over seeds]. A seed that never reached the target
-    within its ``_max_flips`` counts as ``_max_flips + 1`` and the mean is then a lower bound (``low`` = mean,
-    ``high`` = None)."""
+    """Flips to target over training seeds: mean [betting CI over seeds, each value in [0, max ``_max_flips`` + 1]:
+    no interval when a seed does not say its ``_max_flips``]. A seed that never reached the target within its
+    ``_max_flips`` counts as ``_max_flips + 1`` and the mean is then a lower bound (``low`` = mean, ``high`` =
+    None)."""
     values, censored = [], False
     for r in rows:
         n = r.get("_flips_to_target")
@@ -135,7 +138,10 @@ def flips_estimate(rows: list[dict[str, Any]]) -> Estimate:
     mean = math.fsum(values) / len(values)
     if censored:
         return Estimate(mean, mean, None)
-    return Estimate(mean, *bootstrap_ci(values))
+    bounds = [r.get("_max_flips") for r in rows]
+    if None in bounds:
+        return Estimate(mean)
+    return Estimate(mean, *mean_ci(values, lo=0.0, hi=max(bounds) + 1.0))
 
 
 def _flips_text(est: Estimate) -> str:
@@ -176,8 +182,8 @@ def attack_columns(study: Study) -> tuple[list, list[str]]:
                                                   "flips_to_target_lower_bound"), flips),
                Column("Random acc % @ same flips", ("random_acc_pct_at_flips",), random)]
     legend = [f"Flips to ≤{target} acc: bit flips the progressive bit search (Rakin et al., ICCV 2019; qfi attack) "
-              f"needs to bring the test accuracy to the target, mean over training seeds; {describe_seed_ci()} "
-              "(none with one seed); ≥: some seed did not reach the target within attack.flips (counted as "
+              "needs to bring the test accuracy to the target, mean over training seeds; "
+              f"{describe_seed_ci(bound=FLIPS_BOUND)} (none with one seed); ≥: some seed did not reach the target within attack.flips (counted as "
               "attack.flips + 1: a lower bound). Random acc @ same flips: test accuracy under as many random bit "
               "flips (fault=count), mean over trials and seeds."]
     return columns, legend
@@ -207,8 +213,8 @@ def render_attacks(study: Study, console: Any) -> None:
     if not study.attacks:
         return
     table = Table(title="Progressive bit search: flips to target, mean over training seeds", title_style="bold",
-                  caption=f"flips to target: mean [{describe_seed_ci()}]; random %: accuracy under as many random "
-                          "flips", caption_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  caption=f"flips to target: mean [{describe_seed_ci(bound=FLIPS_BOUND)}]; random %: accuracy "
+                          "under as many random flips", caption_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
     table.add_column("configuration", overflow="fold")
     for name in ("seeds", "clean %", "target %", "flips to target", "random %"):
@@ -249,7 +255,7 @@ def attack_figure(result: dict[str, Any]) -> Any:
         if any(ci is not None for ci in cis):
             ax.fill_between(xs, [100 * ci[0] if ci else math.nan for ci in cis],
                             [100 * ci[1] if ci else math.nan for ci in cis], color="tab:blue", alpha=0.2,
-                            linewidth=0, label="random: 95% CI (bootstrap over trials)")
+                            linewidth=0, label=f"random: {describe_ci(1)}")
     if flips:
         ax.plot([f["flip"] for f in flips], [100 * f["accuracy"] for f in flips], color="tab:red", marker="s",
                 markersize=3, label=f"progressive bit search (k_top={settings.get('k_top')}, "

@@ -27,7 +27,7 @@ from qfi_cli.errors import QfiError
 from qfi_cli.io import read_json
 from qfi_cli.layout import ATTACK, MODELS_DIR, RESULTS
 from qfi_cli.quant.convert import widths_label
-from qfi_cli.stats import bootstrap_ci, describe_ci
+from qfi_cli.stats import describe_ci, mean_ci
 
 BER_KEY = "fault.ber"
 SEED_KEY = "seed"  # the training seed: a replicate, not a factor
@@ -207,7 +207,7 @@ def _ok_fields(res: dict, point: dict) -> dict[str, Any]:
     for key in ("model", "dataset", "recipe"):
         if res.get(key) is not None and not isinstance(res[key], str):
             raise _Invalid(f"{key} is {_show(res[key])}, not a string")
-    low, high = bootstrap_ci(accuracies)
+    low, high = mean_ci(accuracies)
     return {
         "ber": ber, "trials": trials, "clean_accuracy": _number(res, "clean_accuracy"),
         "accuracy_mean": mean, "accuracy_std": _number(res, "accuracy_std", high=None, required=False),
@@ -384,7 +384,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
     A row holds the swept values (each key of the point but ``fault.ber``; ``seed`` too when swept), then
     ``ber``, ``trials``, ``clean_accuracy``, ``accuracy_mean``, ``accuracy_std``, ``ci95_low``, ``ci95_high``
-    (the bootstrap percentile interval over the point's trials, recomputed from its accuracies), ``rerr_mean``,
+    (``qfi_cli.stats.mean_ci``, the betting interval over the point's trials, recomputed from its accuracies), ``rerr_mean``,
     ``status`` ("ok", "failed", "invalid", "unreadable"), ``error`` ("" when ok), ``dir`` (relative to
     ``sweep_dir``), ``train_seed``, ``fault_seed``, ``ci`` (what the interval covers). Missing values are None.
 

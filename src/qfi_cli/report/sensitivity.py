@@ -28,7 +28,7 @@ from rich.table import Table
 from qfi_cli.io import atomic_write
 from qfi_cli.layout import BUDGET_CSV, BUDGET_PNG, SENSITIVITY_CSV, SENSITIVITY_PNG
 from qfi_cli.report.tables import _write_csv, fmt_p, pct
-from qfi_cli.stats import describe_ci
+from qfi_cli.stats import METHOD, describe_ci
 
 CELL_COLUMNS = ("layer", "bit", "bit_role", "width", "bits_exposed", "trials", "flips_mean", "accuracy_mean",
                 "accuracy_ci95_low", "accuracy_ci95_high", "rerr_mean", "rerr_ci95_low", "rerr_ci95_high",
@@ -204,7 +204,7 @@ def budget_figure(result: Any) -> Any:
     ax.set_xlabel("stored weight bits protected (%, symmetric log scale)", fontsize=10)
     ax.set_ylabel("robust error RErr (%), whole model", fontsize=10)
     ax.grid(True, alpha=0.35)
-    ax.legend(fontsize=8, loc="upper right", title="bands: 95% bootstrap CI over the trials", title_fontsize=8)
+    ax.legend(fontsize=8, loc="upper right", title=f"bands: 95% CI, {METHOD}, over the trials", title_fontsize=8)
     fig.suptitle(f"{_title(result)}: protection budget ({_rate(result)}, {result.trials} trials per point)",
                  fontsize=12)
     return fig

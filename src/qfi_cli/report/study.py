@@ -1,8 +1,8 @@
 """A sweep as a study: configurations (factor values) x bit error rates, training seeds as replicates.
 
 ``build_study(rows)`` groups the ok rows of ``collect`` by configuration and BER, aggregates each cell over its
-training seeds (mean over seeds of each seed's mean over trials, with the hierarchical bootstrap interval of
-``qfi_cli.stats``), and pairs configurations that differ in exactly one factor, seed by seed and trial by trial
+training seeds (mean over seeds of each seed's mean over trials, with ``qfi_cli.stats.two_level_ci``: the
+betting interval over trials for one seed, over the per-seed means for several), and pairs configurations that differ in exactly one factor, seed by seed and trial by trial
 on identical faults.
 
 >>> rows = [{"recipe": r, "seed": s, "ber": 0.01, "status": "ok", "trials": 2, "clean_accuracy": 0.9,
@@ -15,8 +15,8 @@ on identical faults.
 >>> round(study.cell(study.configs[1], 0.01).accuracy.mean, 6)
 0.85
 >>> p = study.pairs[0]
->>> (p.factor, p.baseline, p.value, p.seeds, round(p.accuracy.mean, 6), p.accuracy.excludes_zero)
-('recipe', 'normal', 'sam', 2, 0.1, True)
+>>> (p.factor, p.baseline, p.value, p.seeds, round(p.accuracy.mean, 6), p.accuracy.excludes_zero)  # 2 seeds: too few
+('recipe', 'normal', 'sam', 2, 0.1, False)
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from qfi_cli.report.collect import SHARPNESS, config_label, config_order, factors, shown_value, sort_value
-from qfi_cli.stats import bootstrap_ci, hierarchical_bootstrap_ci, mean_of_means
+from qfi_cli.stats import mean_ci, mean_of_means, two_level_ci
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean with its 95% interval (None where there is nothing to resample)."""
+    """A mean with its 95% interval (None below two values)."""
 
     mean: float | None
     low: float | None = None
@@ -132,8 +132,9 @@ def _mean(values: list[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
-def _estimate(groups: list[list[float]]) -> Estimate:
-    low, high = hierarchical_bootstrap_ci(groups)
+def _estimate(groups: list[list[float]], lo: float = 0.0) -> Estimate:
+    """Mean over seeds of the per-seed means and its interval; values in [lo, 1] (lo = -1: paired differences)."""
+    low, high = two_level_ci(groups, lo=lo)
     return Estimate(mean_of_means(groups), low, high)
 
 
@@ -185,8 +186,8 @@ def _paired(ca: Cell, cb: Cell, factor: str) -> Pair | None:
     rerr = [[b - a for a, b in zip(ra["_rerrs"], rb["_rerrs"])] for ra, rb in matched] if with_rerrs else None
     return Pair(factor, ca.config.values[factor], cb.config.values[factor],
                 {k: v for k, v in ca.config.values.items() if k != factor}, ca.ber, len(matched),
-                sorted({ra["trials"] for ra, _ in matched}), _estimate(acc),
-                _estimate(rerr) if rerr is not None else Estimate(None), ca.config, cb.config)
+                sorted({ra["trials"] for ra, _ in matched}), _estimate(acc, lo=-1.0),
+                _estimate(rerr, lo=-1.0) if rerr is not None else Estimate(None), ca.config, cb.config)
 
 
 def build_study(rows: Iterable[dict[str, Any]], attacks: Iterable[dict[str, Any]] = ()) -> Study:
@@ -229,7 +230,7 @@ def build_study(rows: Iterable[dict[str, Any]], attacks: Iterable[dict[str, Any]
             if r.get("_seed") not in seeds and r.get("clean_accuracy") is not None:
                 seeds[r.get("_seed")] = [r]
         errors = [1.0 - _mean([r["clean_accuracy"] for r in rs]) for rs in seeds.values()]
-        clean_error[key] = Estimate(_mean(errors), *bootstrap_ci(errors))
+        clean_error[key] = Estimate(_mean(errors), *mean_ci(errors))
         sharpness[key] = {}
         for name in SHARPNESS:
             per_seed = [_mean(v) for rs in seeds.values() if (v := [r[f"_{name}"] for r in rs

@@ -276,15 +276,17 @@ def _describe(study: Study, rows: list[dict[str, Any]]) -> dict[str, str]:
 
 def caption(study: Study, rows: list[dict[str, Any]]) -> str:
     """The table's caption: what the numbers are, trials, seeds and what the intervals cover."""
+    from qfi_cli.report.attack import FLIPS_BOUND
+
     d = _describe(study, rows)
     few = [n for n in set(study.seed_counts()) if 1 < n <= 3]
-    warn = (" With 2 or 3 seeds the seed level of the interval spans the seeds' range (it holds a symmetric "
-            "seed distribution's mean with probability 1 - 2^(1-seeds)): read it as a spread, not a guarantee."
+    warn = (" With 2 or 3 seeds the interval is wide: it is valid for any spread of models across seeds "
+            "(a rare seed that trains badly included), and few replicates bound that little; add seeds to narrow it."
             if few else "")
     if study.attacks_only:
         return (f"Worst-case bit flips (qfi attack) against {d['what']}: each row is a configuration, its numbers "
                 f"the mean over its {d['seeds']} training seed{'' if d['seeds'] == '1' else 's'} with the 95% CI "
-                f"in brackets ({describe_seed_ci()}).{warn}")
+                f"in brackets ({describe_seed_ci(bound=FLIPS_BOUND)}).{warn}")
     return (f"Clean error and robust error (RErr, %) of {d['what']} under random bit errors at rate p (each "
             f"stored weight bit flips independently with probability p); {d['trials']} random fault patterns "
             f"(trials) per p, {d['faults']}; each row is a configuration, its numbers the mean over its "
@@ -299,6 +301,8 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
                       groups: list[ColumnGroup] | None = None) -> tuple[Path, Path]:
     """Write ``table.md`` (caption, table, legend, notes) and ``table.csv`` (one row per configuration, numbers
     in % / percentage points, and a last column ``ci`` saying what the intervals cover). Returns both paths."""
+    from qfi_cli.report.attack import FLIPS_BOUND
+
     root = Path(sweep_dir)
     columns, legend = study_columns(study, groups)
     cells = [[col.cell(c) for col in columns] for c in study.configs]
@@ -315,7 +319,7 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
     lines += [""] + [f"- {_md_escape(line)}" for line in extra] if extra else []
     md = atomic_write(root / TABLE_MD, lambda f: f.write("\n".join(lines) + "\n"), mode="w")
     header = [name for col in columns for name in col.csv] + ["ci"]
-    ci = describe_seed_ci() if study.attacks_only else describe_ci(study.seed_counts() or [1])
+    ci = describe_seed_ci(bound=FLIPS_BOUND) if study.attacks_only else describe_ci(study.seed_counts() or [1])
     body = [[v for _, values in line for v in values] + [ci] for line in cells]
     return md, _write_csv(root / TABLE_CSV, header, body)
 
