@@ -3,9 +3,9 @@
 qfi's path is everything that turns clean codes into faulty ones: the nested sparse sampler
 (``NestedBitSampler(...).positions(ber)``, a fresh stream per repeat), then on a copy of the codes the faulty
 bits' masks and their XOR into the stored patterns, with the primitives a trial uses (``positions_to_masks_np``
-and ``mask_patterns`` on the codes' numpy view on the CPU; ``positions_to_masks`` and ``apply_mask`` in torch on
-CUDA). The dense reference draws one uniform per bit (float32, as Stutz et al.'s code does with
-``torch.rand``), compares it with the rate, packs the 8 bits of each code into an XOR mask and applies it. The
+and ``mask_patterns`` on the codes' numpy view on the CPU; ``positions_to_masks`` and ``mask_patterns`` on the
+codes' two's-complement patterns in torch on CUDA). The dense reference draws one uniform per bit (float32, as
+Stutz et al.'s code does with ``torch.rand``), compares it with the rate, packs the 8 bits of each code into an XOR mask and applies it. The
 floor is ``codes.clone()``: any path that returns faulty codes without touching the clean ones copies them.
 For the notes (no row), the sampler alone (``positions(ber)`` on a fresh stream) is timed with them.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import _bench_common as bc
-from qfi_cli.faults.bits import apply_mask, mask_patterns, positions_to_masks, positions_to_masks_np
+from qfi_cli.faults.bits import from_unsigned, mask_patterns, positions_to_masks, positions_to_masks_np, to_unsigned
 from qfi_cli.faults.sampler import NestedBitSampler, level_bounds, level_of, stream_key
 
 N_CODES = 11_200_000  # ResNet-18's ~11.2 M weights, one int8 code each
@@ -38,7 +38,7 @@ def qfi_faulty(codes: torch.Tensor, ber: float, trial: int) -> torch.Tensor:
     elif pos.size:
         idx, mask = positions_to_masks(pos, BITS)
         idx, mask = idx.to(codes.device), mask.to(codes.device)
-        out[idx] = apply_mask(out[idx], mask, BITS, signed=True).to(out.dtype)
+        out[idx] = from_unsigned(mask_patterns(to_unsigned(out[idx], BITS), mask), BITS, signed=True).to(out.dtype)
     return out
 
 

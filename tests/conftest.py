@@ -35,6 +35,14 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture
+def outputs(tmp_path, monkeypatch):
+    """Run in an empty directory with the outputs root (QFI_OUTPUTS) inside it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QFI_OUTPUTS", str(tmp_path / "outputs"))
+    return tmp_path
+
+
 TINY_CFG_OVERRIDES = ["train.epochs=3", "model.width=8", "device=cpu"]
 
 

@@ -14,6 +14,9 @@ from omegaconf import OmegaConf
 
 from qfi_cli.paths import conf_dir
 
+CLI_TINY = ["train.limit=256", "model.width=4", "device=cpu", "eval.batch_size=450"]
+"""Overrides that make a ``qfi`` command's run tiny (a narrow digits_cnn on 256 training images)."""
+
 SWEEP_TRAIN = ["train.epochs=1", "train.limit=128", "model.width=4", "device=cpu"]
 """Overrides that make each model of a ``qfi sweep --train`` test tiny (one short epoch, a narrow digits_cnn)."""
 
@@ -58,3 +61,21 @@ def killed_after(monkeypatch, epochs_done: int) -> None:
             raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(engine, "save_checkpoint", save)
+
+
+def one_line_error(code: int, output: str) -> str:
+    """The one ``error: ...`` line of a failed command (exit status 2, no traceback)."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert code == 2, output
+    assert "Traceback" not in output and len(lines) == 1 and lines[0].startswith("error: "), output
+    return lines[0]
+
+
+def checkpoint_layers(checkpoint: Path) -> list:
+    """``(name, layer)`` of every quantized layer of a checkpoint's model, on the CPU."""
+    import torch
+
+    from qfi_cli.engine.evaluate import load_trained
+    from qfi_cli.quant import quantized_layers
+
+    return quantized_layers(load_trained(checkpoint, torch.device("cpu"))[0])

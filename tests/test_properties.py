@@ -7,9 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qfi_cli.faults.bits import apply_mask, n_exposed_bits, positions_to_masks, to_unsigned
-from qfi_cli.faults.sampler import NestedBitSampler, sample_positions, stream_key
+from qfi_cli.faults.bits import n_exposed_bits, positions_to_masks, to_unsigned
+from qfi_cli.faults.sampler import NestedBitSampler, stream_key
 from qfi_cli.quant import code_range
+from tests.reference import apply_mask, sample_positions
 
 rates = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 

@@ -24,7 +24,8 @@ def test_codes_are_k_bit_integers_and_dequantize_exactly(bits, kind, per_channel
     w = torch.randn(6, 3, 3, 3, dtype=torch.float64)
     q = kind(per_channel=per_channel)
     w_q = q(w, bits)
-    codes, enc = q.codes(w, bits)
+    value, enc = q.quantize(w, bits)
+    codes = enc.codes(value)
     scale = enc.scale
     lo, hi = code_range(bits, signed=True)
     assert codes.dtype == torch.int64 and codes.min() >= lo and codes.max() <= hi
@@ -43,7 +44,8 @@ def test_codes_are_k_bit_integers_and_dequantize_exactly(bits, kind, per_channel
 
 def test_minmax_maps_max_magnitude_to_top_code():
     w = torch.tensor([[0.5, -2.0, 1.0], [0.1, 0.2, -0.05]], dtype=torch.float64)
-    codes, _ = MinMaxQuantizer(per_channel=True).codes(w, 4)
+    value, enc = MinMaxQuantizer(per_channel=True).quantize(w, 4)
+    codes = enc.codes(value)
     assert codes[0].tolist() == [2, -7, 4] and codes[1].abs().max() == 7
 
 
@@ -51,7 +53,8 @@ def test_unsigned_activations():
     x = torch.rand(4, 10, dtype=torch.float64)
     for q in (LSQQuantizer(), MinMaxQuantizer()):
         q(x, 4, is_activation=True)
-        codes, enc = q.codes(x, 4, is_activation=True)
+        value, enc = q.quantize(x, 4, is_activation=True)
+        codes = enc.codes(value)
         assert enc.signed is False and codes.min() >= 0 and codes.max() <= 15
 
 
@@ -224,3 +227,24 @@ def test_evaluation_fake_quantize_is_bit_identical_to_the_composite_in_pieces_or
             got = fake_quantize(x.view(-1, 1, 1), scale, -128, 127).view(-1)
     want = (torch.round(torch.clamp(x / scale, -128, 127)) * scale).view(-1)
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fake_quantize_equals_the_round_ste_composite_in_values_and_gradients(per_channel):
+    """fake_quantize's one autograd node gives bit for bit the values and gradients (to x and the scale) that
+    autograd takes through round_ste(clamp(x / s, qn, qp)) * s, entries on the clamp bounds included."""
+    from qfi_cli.quant.quantizers import fake_quantize
+    from tests.reference import round_ste
+
+    g = torch.Generator().manual_seed(3)
+    s = (torch.rand((8, 1, 1, 1) if per_channel else (), generator=g) + 0.1).requires_grad_()
+    x = torch.randn(8, 4, 3, 3, generator=g) * 3
+    s0 = s.detach().reshape(-1)[0]  # the scale of x[0]
+    x[0, 0, 0] = torch.stack([-8 * s0, 7 * s0, 7.5 * s0])  # on the bounds and past one
+    x.requires_grad_()
+    up = torch.randn(x.shape, generator=g)
+    got = fake_quantize(x, s, -8, 7)
+    want = round_ste(torch.clamp(x / s, -8, 7)) * s
+    assert torch.equal(got, want)
+    for a, b in zip(torch.autograd.grad(got, (x, s), up), torch.autograd.grad(want, (x, s), up)):
+        assert torch.equal(a, b)

@@ -23,8 +23,9 @@ from rich.console import Console
 from qfi_cli.errors import QfiError
 from qfi_cli.io import write_json
 from qfi_cli.report import (COLUMNS, TABLE_GROUPS, Column, aggregate, ber_figure, build_study, collect,
-                            config_label, paired_differences, pending_points, plot_ber_curve, render_paired,
+                            config_label, pending_points, plot_ber_curve, render_paired,
                             render_table, rerr_figure, write_study_table, write_summary)
+from qfi_cli.report.tables import paired_rows
 from qfi_cli.stats import describe_ci, mean_ci, two_level_ci
 
 T975_DF2 = 4.302652729749464  # Student-t 97.5% quantile, 2 degrees of freedom (tables)
@@ -143,8 +144,13 @@ def test_ber_curve_content_skips_zero_and_failed(sweep: Path) -> None:
     assert ax.get_xlabel() and ax.get_ylabel() and fig.get_suptitle()
 
 
+def _paired_rows(sweep_or_rows: Path | list[dict]) -> list[dict]:
+    """The rows of paired.csv for a sweep directory or ``collect`` rows."""
+    return paired_rows(build_study(collect(sweep_or_rows) if isinstance(sweep_or_rows, Path) else sweep_or_rows).pairs)
+
+
 def test_paired_differences_match_hand_computation(sweep: Path) -> None:
-    diffs = paired_differences(sweep)
+    diffs = _paired_rows(sweep)
     assert sorted(d["ber"] for d in diffs) == [1e-4, 1e-3, 1e-2]  # BER 0 and 0.1 have one side only
     d = next(d for d in diffs if d["ber"] == 1e-3)
     assert (d["factor"], d["baseline"], d["value"], d["at"], d["seeds"], d["trials"]) == \
@@ -168,7 +174,7 @@ def test_paired_differences_need_same_seed_faults_and_trials(sweep: Path) -> Non
             r["_accuracies"], r["trials"] = r["_accuracies"][:2], 2
         if r["ber"] == 1e-4 and r["sam.rho"] == 0.05:
             r["_fault_key"] = 7  # other fault patterns
-    assert paired_differences(rows) == []
+    assert _paired_rows(rows) == []
     notes = build_study(rows).notes
     assert len(notes) == 3 and all("not paired" in n for n in notes)
 
@@ -194,7 +200,7 @@ def test_single_trial_points_have_no_ci(tmp_path: Path) -> None:
         write_json(tmp_path / f"r{rho}" / "results.json", res)
     rows = collect(tmp_path)
     assert [(r["ci95_low"], r["ci95_high"], r["ci"]) for r in rows] == [(None, None, "")] * 2
-    (d,) = paired_differences(rows)
+    (d,) = _paired_rows(rows)
     assert d["trials"] == "1" and d["acc_diff_pp"] == pytest.approx(-5.0) and d["acc_diff_pp_low"] == ""
     assert len(ber_figure(rows).axes[0].collections) == 0  # no band without a CI
     write_summary(tmp_path, rows)

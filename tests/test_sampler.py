@@ -26,13 +26,12 @@ from qfi_cli.faults import sampler as sampler_module
 from qfi_cli.faults.sampler import (
     N_LEVELS,
     NestedBitSampler,
-    dense_reference,
     level_bounds,
     level_of,
     sample_fixed_count,
-    sample_positions,
     stream_key,
 )
+from tests.reference import dense_reference, sample_positions
 
 ALPHA = 1e-6
 
@@ -302,7 +301,7 @@ mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
 k = mod.stream_key(3, 1, "features.0.weight", 2)
 print(repr(k))
-print(mod.sample_positions(10**6, 1e-4, k).tolist())
+print(mod.NestedBitSampler(10**6, k).positions(1e-4).tolist())
 """
 
 

@@ -170,37 +170,10 @@ def positions_to_masks_np(pos: np.ndarray, bits: int,
     return code[starts], np.bitwise_or.reduceat(single, starts)
 
 
-def apply_mask(
-    codes: torch.Tensor,
-    mask: torch.Tensor,
-    bits: int,
-    signed: bool,
-    mode: str = "flip",
-) -> torch.Tensor:
-    """Return new codes with the bits in ``mask`` flipped (``"flip"``), cleared (``"stuck0"``) or set (``"stuck1"``).
-
-    ``mask`` broadcasts against ``codes``; the result has the codes' shape and dtype int64.
-
-    >>> apply_mask(torch.tensor([3, -1]), torch.tensor([128, 128]), 8, signed=True).tolist()
-    [-125, 127]
-    >>> apply_mask(torch.tensor([3]), torch.tensor([8]), 4, signed=True).tolist()
-    [-5]
-    >>> apply_mask(torch.tensor([5, 5]), torch.tensor([4, 2]), 4, signed=False, mode="stuck0").tolist()
-    [1, 5]
-    """
-    bits = _check_bits(bits)
-    if mode not in FAULT_MODES:
-        raise ValueError(f"mode must be one of {FAULT_MODES}, got {mode!r}")
-    mask = _as_int64(mask, "mask")
-    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= (1 << bits)):
-        raise ValueError(f"mask must lie in [0, 2**{bits}), got values in [{int(mask.min())}, {int(mask.max())}]")
-    return from_unsigned(mask_patterns(to_unsigned(codes, bits), mask, mode), bits, signed)
-
-
 def mask_patterns(patterns: Any, mask: Any, mode: str = "flip") -> Any:
     """Stored bit patterns with the bits of ``mask`` flipped, cleared or set; torch tensors or numpy arrays alike.
 
-    No checks: ``mask`` must lie in the patterns' width (``apply_mask`` is the checked, code-level form).
+    No checks: ``mask`` must lie in the patterns' width.
 
     >>> mask_patterns(np.array([0b0101, 0b0101]), np.array([0b0011, 0b0011]), "flip").tolist()
     [6, 6]
@@ -215,29 +188,3 @@ def mask_patterns(patterns: Any, mask: Any, mode: str = "flip") -> Any:
         return patterns | mask
     raise ValueError(f"mode must be one of {FAULT_MODES}, got {mode!r}")
 
-
-def apply_at(
-    codes: torch.Tensor,
-    code_index: torch.Tensor,
-    mask: torch.Tensor,
-    bits: int,
-    signed: bool,
-    mode: str = "flip",
-) -> torch.Tensor:
-    """Return a copy of ``codes`` with ``mask[i]`` applied to flat code ``code_index[i]`` (untouched codes copied).
-
-    Pairs with :func:`positions_to_masks`; costs one copy plus O(len(code_index)).
-
-    >>> apply_at(torch.tensor([[3, 0], [0, -1]]), torch.tensor([0, 3]), torch.tensor([128, 1]), 8, True).tolist()
-    [[-125, 0], [0, -2]]
-    """
-    codes = _as_int64(codes, "codes")
-    index = _as_int64(code_index, "code_index").reshape(-1).to(codes.device)
-    out = codes.clone(memory_format=torch.contiguous_format)  # flat index = row-major logical index
-    if index.numel() == 0:
-        return out
-    if int(index.min()) < 0 or int(index.max()) >= codes.numel():
-        raise IndexError(f"code_index must lie in [0, {codes.numel()}), got [{int(index.min())}, {int(index.max())}]")
-    flat = out.view(-1)
-    flat[index] = apply_mask(flat[index], _as_int64(mask, "mask").reshape(-1).to(codes.device), bits, signed, mode)
-    return out

@@ -95,7 +95,7 @@ class FaultConfig:
     """
 
     model: str = "bitflip"
-    ber: Optional[float] = 0.0
+    ber: Optional[float] = 1e-4
     count: int = 0
     bits: Optional[list[int]] = None
     layers: Optional[list[str]] = None

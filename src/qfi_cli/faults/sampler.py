@@ -33,11 +33,9 @@ __all__ = [
     "LADDER_BOTTOM_EXP",
     "N_LEVELS",
     "NestedBitSampler",
-    "dense_reference",
     "level_bounds",
     "level_of",
     "sample_fixed_count",
-    "sample_positions",
     "stream_key",
 ]
 
@@ -357,17 +355,6 @@ def _v_threshold(level: int, ber: float) -> float:
     return math.ldexp(ber, LADDER_BOTTOM_EXP + 1 - level) - 1.0  # U = a (1 + V); ber / a in [1, 2): exact
 
 
-def sample_positions(n_bits: int, ber: float, key: Key) -> np.ndarray:
-    """Return the sorted distinct faulty bit indices (int64) of ``n_bits`` bits at rate ``ber`` for one stream key.
-
-    >>> a = sample_positions(8 * 10**6, 1e-5, stream_key(0, 0, "conv1"))
-    >>> b = sample_positions(8 * 10**6, 1e-4, stream_key(0, 0, "conv1"))
-    >>> bool(np.isin(a, b).all()), 40 < a.size < 130
-    (True, True)
-    """
-    return NestedBitSampler(n_bits, key).positions(ber)
-
-
 def _same_key(a: Key, b: Key) -> bool:
     try:
         return bool(a == b)
@@ -432,27 +419,3 @@ def sample_fixed_count(
         out[name] = _sorted_unique(np.concatenate((below, chosen_pos[chosen_layer == i])))
     return out
 
-
-def dense_reference(
-    n_bits: int,
-    ber: float,
-    generator: Union[np.random.Generator, int, None] = None,
-    chunk: int = 1 << 22,
-) -> np.ndarray:
-    """Slow reference: one float64 uniform per bit, faulty iff below ``ber`` (as in Stutz et al.'s code).
-
-    Memory stays bounded by ``chunk``; the result does not depend on ``chunk``.
-
-    >>> dense_reference(10, 1.0, 0).tolist(), dense_reference(10, 0.0, 0).size
-    ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 0)
-    """
-    ber = _check_ber(ber)
-    n_bits = int(n_bits)
-    if n_bits < 0:
-        raise ValueError(f"n_bits must be >= 0, got {n_bits}")
-    rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
-    parts = []
-    for start in range(0, n_bits, chunk):
-        size = min(chunk, n_bits - start)
-        parts.append(np.flatnonzero(rng.random(size) < ber) + start)
-    return np.concatenate(parts).astype(np.int64, copy=False) if parts else _EMPTY_POS.copy()

@@ -49,11 +49,6 @@ def code_range(bits: int, signed: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round in the forward pass, identity in the backward pass."""
-    return (x.round() - x).detach() + x
-
-
 @functools.lru_cache(maxsize=None)
 def _clamp_passes_bounds() -> tuple[bool, bool]:
     """Whether autograd's clamp passes the gradient at x == min and at x == max (torch releases differ)."""
@@ -64,7 +59,8 @@ def _clamp_passes_bounds() -> tuple[bool, bool]:
 
 
 class _FakeQuantizeSTE(torch.autograd.Function):
-    """``round_ste(clamp(x / scale, qn, qp)) * scale`` as one autograd node.
+    """``round_ste(clamp(x / scale, qn, qp)) * scale`` as one autograd node, where ``round_ste(v) = (v.round() -
+    v).detach() + v`` rounds with a straight-through gradient.
 
     Its values and gradients equal those autograd takes through that composite (MulBackward, the
     straight-through add, ClampBackward, DivBackward: the same floating-point operations in the same order),
@@ -109,10 +105,10 @@ class _FakeQuantizeSTE(torch.autograd.Function):
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
     """``round(clamp(x / scale, qn, qp)) * scale`` with straight-through rounding (gradients flow to x and scale).
 
-    Same values and gradients as ``round_ste(torch.clamp(x / scale, qn, qp)) * scale``, computed with fewer
-    temporaries. When autograd records nothing (``no_grad``/``inference_mode``, or neither input needs a
-    gradient) the values come from one new tensor and in-place ops: ``round_ste``'s forward value
-    ``(round(v) - v) + v`` is exactly ``round(v)`` for ``|v| < 2**23``, which clamping to k <= 8 bit codes
+    Same values and gradients as the composite ``round_ste(torch.clamp(x / scale, qn, qp)) * scale`` (see
+    ``_FakeQuantizeSTE``), computed with fewer temporaries. When autograd records nothing (``no_grad``/``inference_mode``,
+    or neither input needs a gradient) the values come from one new tensor and in-place ops: the composite's forward
+    value ``(round(v) - v) + v`` is exactly ``round(v)`` for ``|v| < 2**23``, which clamping to k <= 8 bit codes
     guarantees. Evaluation then makes one activation-sized tensor per call instead of six.
 
     >>> x, s = torch.tensor([0.26, -3.0, 0.74]), torch.tensor(0.5)
@@ -175,18 +171,6 @@ class Quantizer(nn.Module):
     def _encoding(x: torch.Tensor, bits: int, scale: torch.Tensor, signed: bool, zero_point: int = 0) -> Encoding:
         group = x.numel() // scale.numel() if scale.numel() > 1 else 0
         return Encoding(bits=bits, scale=scale.detach(), zero_point=zero_point, signed=signed, group=group)
-
-    def codes(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> tuple[torch.Tensor, Encoding]:
-        """Integer codes (int64) of ``x`` and their encoding: ``encoding.decode`` of the patterns gives the value.
-
-        >>> q = MinMaxQuantizer()
-        >>> codes, enc = q.codes(torch.tensor([-1.0, 0.5, 1.0]), 8)
-        >>> codes.tolist(), enc.signed
-        ([-127, 64, 127], True)
-        """
-        with torch.no_grad():
-            value, enc = self.quantize(x, bits, is_activation=is_activation)
-            return enc.codes(value), enc
 
 
 @QUANTIZERS.register("lsq")

@@ -52,14 +52,7 @@ from qfi_cli.report.plots import (ber_figure, curve_figure, plot_ber_curve,
                                   plot_rerr_curve, rerr_figure)
 from qfi_cli.report.study import Estimate, Pair, Study, build_study
 from qfi_cli.report.tables import (PAIRED, PAIRED_COLUMNS, SUMMARY, TABLE_CSV, TABLE_GROUPS, TABLE_MD, Column,
-                                   paired_rows, study_columns, write_paired, write_study_table, write_summary)
-
-
-def paired_differences(sweep_dir_or_rows: str | Path | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of paired.csv (``PAIRED_COLUMNS``) for a sweep directory or ``collect`` rows: differences
-    between configurations that differ in exactly one factor, value - baseline, in percentage points."""
-    rows = collect(sweep_dir_or_rows) if isinstance(sweep_dir_or_rows, (str, Path)) else sweep_dir_or_rows
-    return paired_rows(build_study(rows).pairs)
+                                   study_columns, write_paired, write_study_table, write_summary)
 
 
 def aggregate(sweep_dir: str | Path, console: Console | None = None) -> list[dict[str, Any]]:
@@ -111,7 +104,7 @@ def aggregate(sweep_dir: str | Path, console: Console | None = None) -> list[dic
 __all__ = [
     "BER_CURVE", "COLUMNS", "Column", "Estimate", "PAIRED", "PAIRED_COLUMNS", "Pair", "RERR_CURVE",
     "RESULTS", "SUMMARY", "Study", "TABLE_CSV", "TABLE_GROUPS", "TABLE_MD", "aggregate", "ber_figure", "build_study",
-    "collect", "collect_attacks", "config_label", "curve_figure", "factors", "paired_differences", "pending_points", "plot_ber_curve",
+    "collect", "collect_attacks", "config_label", "curve_figure", "factors", "pending_points", "plot_ber_curve",
     "plot_rerr_curve", "render_failures", "render_paired", "render_table", "rerr_figure", "study_columns",
     "swept_keys", "write_paired", "write_study_table", "write_summary",
 ]
