@@ -32,9 +32,8 @@ from qfi_cli.layout import ATTACK, ATTACK_CURVE, ATTACKS_CSV
 from qfi_cli.report.collect import (SEED_KEY, SHARPNESS, _integer, _Invalid, _number, _one_line, _result_files,
                                     _show, config_order, factors, point_keys, sort_value, stored_label)
 from qfi_cli.report.study import Config, Estimate, Study
-from qfi_cli.stats import describe_ci, describe_seed_ci, mean_ci
+from qfi_cli.stats import describe_ci, describe_seed_range, seed_range
 
-FLIPS_BOUND = "[0, attack.flips + 1]"  # flips to target: at most attack.flips, or attack.flips + 1 if never reached
 
 ATTACK_COLUMNS = ("flips_to_target", "flips_committed", "max_flips", "target_accuracy", "clean_accuracy",
                   "final_accuracy", "random_accuracy_at_target", "seconds_per_flip", "status", "error", "dir",
@@ -122,8 +121,7 @@ def collect_attacks(sweep_dir: str | Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------- numbers
 
 def flips_estimate(rows: list[dict[str, Any]]) -> Estimate:
-    """Flips to target over training seeds: mean [betting CI over seeds, each value in [0, max ``_max_flips`` + 1]:
-    no interval when a seed does not say its ``_max_flips``]. A seed that never reached the target within its
+    """Flips to target over training seeds: mean [range over seeds]. A seed that never reached the target within its
     ``_max_flips`` counts as ``_max_flips + 1`` and the mean is then a lower bound (``low`` = mean, ``high`` =
     None)."""
     values, censored = [], False
@@ -138,10 +136,7 @@ def flips_estimate(rows: list[dict[str, Any]]) -> Estimate:
     mean = math.fsum(values) / len(values)
     if censored:
         return Estimate(mean, mean, None)
-    bounds = [r.get("_max_flips") for r in rows]
-    if None in bounds:
-        return Estimate(mean)
-    return Estimate(mean, *mean_ci(values, lo=0.0, hi=max(bounds) + 1.0))
+    return Estimate(mean, *seed_range(values))
 
 
 def _flips_text(est: Estimate) -> str:
@@ -183,7 +178,7 @@ def attack_columns(study: Study) -> tuple[list, list[str]]:
                Column("Random acc % @ same flips", ("random_acc_pct_at_flips",), random)]
     legend = [f"Flips to ≤{target} acc: bit flips the progressive bit search (Rakin et al., ICCV 2019; qfi attack) "
               "needs to bring the test accuracy to the target, mean over training seeds; "
-              f"{describe_seed_ci(bound=FLIPS_BOUND)} (none with one seed); ≥: some seed did not reach the target within attack.flips (counted as "
+              f"{describe_seed_range()} (none with one seed); ≥: some seed did not reach the target within attack.flips (counted as "
               "attack.flips + 1: a lower bound). Random acc @ same flips: test accuracy under as many random bit "
               "flips (fault=count), mean over trials and seeds."]
     return columns, legend
@@ -213,7 +208,7 @@ def render_attacks(study: Study, console: Any) -> None:
     if not study.attacks:
         return
     table = Table(title="Progressive bit search: flips to target, mean over training seeds", title_style="bold",
-                  caption=f"flips to target: mean [{describe_seed_ci(bound=FLIPS_BOUND)}]; random %: accuracy "
+                  caption=f"flips to target: mean [{describe_seed_range()}]; random %: accuracy "
                           "under as many random flips", caption_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
     table.add_column("configuration", overflow="fold")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from qfi_cli.report.collect import SHARPNESS, config_label, config_order, factors, shown_value, sort_value
-from qfi_cli.stats import mean_ci, mean_of_means, two_level_ci
+from qfi_cli.stats import mean_of_means, seed_range, two_level_ci
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def build_study(rows: Iterable[dict[str, Any]], attacks: Iterable[dict[str, Any]
             if r.get("_seed") not in seeds and r.get("clean_accuracy") is not None:
                 seeds[r.get("_seed")] = [r]
         errors = [1.0 - _mean([r["clean_accuracy"] for r in rs]) for rs in seeds.values()]
-        clean_error[key] = Estimate(_mean(errors), *mean_ci(errors))
+        clean_error[key] = Estimate(_mean(errors), *seed_range(errors))
         sharpness[key] = {}
         for name in SHARPNESS:
             per_seed = [_mean(v) for rs in seeds.values() if (v := [r[f"_{name}"] for r in rs

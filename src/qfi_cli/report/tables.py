@@ -18,7 +18,7 @@ from qfi_cli.io import atomic_write
 from qfi_cli.layout import PAIRED, SUMMARY, TABLE_CSV, TABLE_MD
 from qfi_cli.report.collect import BASELINE_RECIPE, COLUMNS, RECIPE_KEY, collect, swept_keys
 from qfi_cli.report.study import Config, Estimate, Pair, Study
-from qfi_cli.stats import describe_ci, describe_seed_ci
+from qfi_cli.stats import describe_ci, describe_seed_range
 
 MARK = "*"
 NO_CI = "†"
@@ -157,7 +157,7 @@ def clean_columns(study: Study) -> tuple[list[Column], list[str]]:
         return interval(est), (_num(est.mean), _num(est.low), _num(est.high))
 
     return ([Column("Clean Err %", ("clean_err_pct", "clean_err_pct_low", "clean_err_pct_high"), cell)],
-            [f"Clean Err: test error without faults, mean over training seeds; {describe_seed_ci()} "
+            [f"Clean Err: test error without faults, mean over training seeds; {describe_seed_range()} "
              "(none with one seed)."])
 
 
@@ -276,21 +276,20 @@ def _describe(study: Study, rows: list[dict[str, Any]]) -> dict[str, str]:
 
 def caption(study: Study, rows: list[dict[str, Any]]) -> str:
     """The table's caption: what the numbers are, trials, seeds and what the intervals cover."""
-    from qfi_cli.report.attack import FLIPS_BOUND
-
     d = _describe(study, rows)
-    few = [n for n in set(study.seed_counts()) if 1 < n <= 3]
-    warn = (" With 2 or 3 seeds the interval is wide: it is valid for any spread of models across seeds "
-            "(a rare seed that trains badly included), and few replicates bound that little; add seeds to narrow it."
-            if few else "")
+    several = any(n > 1 for n in study.seed_counts())
+    spread = (" The brackets cover the fault patterns given the trained models, not the spread across training seeds "
+              "(a few replicates bound no mean without assumptions): compare recipes by the paired differences and "
+              "by how many seeds agree." if several else "")
     if study.attacks_only:
         return (f"Worst-case bit flips (qfi attack) against {d['what']}: each row is a configuration, its numbers "
-                f"the mean over its {d['seeds']} training seed{'' if d['seeds'] == '1' else 's'} with the 95% CI "
-                f"in brackets ({describe_seed_ci(bound=FLIPS_BOUND)}).{warn}")
+                f"the mean over its {d['seeds']} training seed{'' if d['seeds'] == '1' else 's'} with the "
+                f"{describe_seed_range()} in brackets.")
     return (f"Clean error and robust error (RErr, %) of {d['what']} under random bit errors at rate p (each "
             f"stored weight bit flips independently with probability p); {d['trials']} random fault patterns "
             f"(trials) per p, {d['faults']}; each row is a configuration, its numbers the mean over its "
-            f"{d['seeds']} training seed{'' if d['seeds'] == '1' else 's'} with the 95% CI in brackets. {RERR_DEFINITION}. {d['ci']}.{warn}")
+            f"{d['seeds']} training seed{'' if d['seeds'] == '1' else 's'} with the 95% CI in brackets (Clean Err: "
+            f"the seeds' range). {RERR_DEFINITION}. {d['ci']}.{spread}")
 
 
 def _md_escape(text: str) -> str:
@@ -301,8 +300,6 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
                       groups: list[ColumnGroup] | None = None) -> tuple[Path, Path]:
     """Write ``table.md`` (caption, table, legend, notes) and ``table.csv`` (one row per configuration, numbers
     in % / percentage points, and a last column ``ci`` saying what the intervals cover). Returns both paths."""
-    from qfi_cli.report.attack import FLIPS_BOUND
-
     root = Path(sweep_dir)
     columns, legend = study_columns(study, groups)
     cells = [[col.cell(c) for col in columns] for c in study.configs]
@@ -319,7 +316,7 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
     lines += [""] + [f"- {_md_escape(line)}" for line in extra] if extra else []
     md = atomic_write(root / TABLE_MD, lambda f: f.write("\n".join(lines) + "\n"), mode="w")
     header = [name for col in columns for name in col.csv] + ["ci"]
-    ci = describe_seed_ci(bound=FLIPS_BOUND) if study.attacks_only else describe_ci(study.seed_counts() or [1])
+    ci = describe_seed_range() if study.attacks_only else describe_ci(study.seed_counts() or [1])
     body = [[v for _, values in line for v in values] + [ci] for line in cells]
     return md, _write_csv(root / TABLE_CSV, header, body)
 
