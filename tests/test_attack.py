@@ -148,6 +148,18 @@ def test_rank_top_keeps_the_top_gradient_weights_and_their_loss_raising_bits_by_
         other.restore()
 
 
+def frozen_grads(model, layers, x, y):
+    """dL/dw of every layer's frozen weight on (x, y), the weights leaves for this pass only."""
+    weights = [m.frozen_weight for _, m in layers]
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        return torch.autograd.grad(F.cross_entropy(model(x), y), weights)
+    finally:
+        for w in weights:
+            w.requires_grad_(False)
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_rank_top_candidates_are_the_positive_gain_bits_of_the_top_gradient_weights(per_channel):
     """Each layer's candidates are exactly the loss-raising bits (first order) of its 5 weights of largest
@@ -156,12 +168,7 @@ def test_rank_top_candidates_are_the_positive_gain_bits_of_the_top_gradient_weig
     x, y = batch()
     with frozen_weights(model):
         layers = quantized_layers(model)
-        weights = [m.frozen_weight for _, m in layers]
-        for w in weights:
-            w.requires_grad_(True)
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), weights)
-        for w in weights:
-            w.requires_grad_(False)
+        grads = frozen_grads(model, layers, x, y)
         everyone = BitSearch(model, x, y, 1).candidates(1000)
         for (name, m, gains, index, bit), g, (*_, all_index, _) in zip(
                 BitSearch(model, x, y, 1, rank_top=5).candidates(1000), grads, everyone):
@@ -237,12 +244,7 @@ def bfa_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k_top: int
     taken: set[tuple[str, int, int]] = set()
     out = []
     for _ in range(steps):
-        weights = [m.frozen_weight for _, m in layers]
-        for w in weights:
-            w.requires_grad_(True)
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), weights)
-        for w in weights:
-            w.requires_grad_(False)
+        grads = frozen_grads(model, layers, x, y)
         best = None
         for (name, m), g in zip(layers, grads):
             enc, flat = m.frozen_encoding, m.frozen_weight.view(-1)
