@@ -148,6 +148,17 @@ def test_rank_top_keeps_the_top_gradient_weights_and_their_loss_raising_bits_by_
         other.restore()
 
 
+def test_rank_top_runs_on_rquant_codes():
+    """RQuant stores one range per tensor and no scale: its weights rank by |dL/dw| (a missing scale broke it)."""
+    model = tiny("rquant")
+    x, y = batch()
+    with frozen_weights(model):
+        search = BitSearch(model, x, y, 1, rank_top=3)
+        flip = search.step()
+        search.restore()
+    assert flip.loss > 0
+
+
 def frozen_grads(model, layers, x, y):
     """dL/dw of every layer's frozen weight on (x, y), the weights leaves for this pass only."""
     weights = [m.frozen_weight for _, m in layers]

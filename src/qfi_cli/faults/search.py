@@ -74,7 +74,8 @@ class Flip:
 def rank_entries(grads: torch.Tensor, encoding: Encoding, r: int) -> torch.Tensor:
     """Flat indices (ascending) of the ``r`` entries with the largest |dL/d code|: Rakin et al.'s top-``k_top``
     weights by gradient magnitude. For integer codes dL/d code = dL/dw * scale: with one scale per tensor that is
-    the order of |dL/dw|, which is used; with per-channel scales |dL/dw * scale|; float codes: |dL/dw|. Ties go to
+    the order of |dL/dw|, which is used; with per-channel scales |dL/dw * scale|; float and RQuant codes (one range
+    per tensor): |dL/dw|. Ties go to
     the lower index; a NaN gradient ranks last.
 
     >>> enc = Encoding(bits=4, scale=torch.tensor(1.0))
@@ -82,7 +83,7 @@ def rank_entries(grads: torch.Tensor, encoding: Encoding, r: int) -> torch.Tenso
     [1, 3]
     """
     grads = grads.detach().reshape(-1)
-    per_channel = not encoding.is_float and encoding.scale.numel() > 1
+    per_channel = encoding.scale is not None and not encoding.is_float and encoding.scale.numel() > 1
     index = torch.arange(grads.numel(), device=grads.device)
     mag = (grads * encoding._scale_at(index).to(grads.dtype)).abs() if per_channel else grads.abs()
     mag = torch.where(torch.isnan(mag), torch.full_like(mag, -math.inf), mag)
