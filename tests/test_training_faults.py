@@ -162,7 +162,7 @@ def test_randbet_gradient_matches_clean_and_clamped_faulty_gradients_on_a_cnn(ba
         expected = ((0 if gc is None else gc) + 0.5 * (0 if gf is None else gf.clamp(-0.01, 0.01))) / 1.5
         torch.testing.assert_close(p.grad, torch.as_tensor(expected, dtype=p.dtype).expand_as(p), rtol=1e-9,
                                    atol=1e-12, msg=k)
-    assert float(loss) == pytest.approx((float(clean_loss) + 0.5 * float(faulty_loss)) / 1.5, rel=1e-9)
+    assert float(loss) == pytest.approx((float(clean_loss.detach()) + 0.5 * float(faulty_loss.detach())) / 1.5, rel=1e-9)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in after_clean.items())
 
 
