@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qfi_cli.faults.bits import (
+    FAULT_MODES,
+    MODE_OF_CODE,
     from_unsigned,
     mask_patterns,
     n_exposed_bits,
@@ -22,6 +24,36 @@ from qfi_cli.faults.bits import (
 from tests.reference import apply_mask
 
 WIDTHS = range(2, 9)
+
+
+def test_fault_mode_file_codes_are_pinned():
+    """The codes are the ``mode`` column of saved fault files (faults/replay.py): a reorder or renumbering of the
+    mode table would silently change what every existing .npz file means."""
+    assert {name: m.code for name, m in FAULT_MODES.items()} == {"flip": 0, "stuck0": 1, "stuck1": 2}
+    assert MODE_OF_CODE == {0: "flip", 1: "stuck0", 2: "stuck1"}
+
+
+def test_fault_file_stores_the_pinned_codes(tmp_path):
+    from torch import nn
+
+    from qfi_cli.faults.replay import FaultRecorder, read_fault_file
+    from qfi_cli.quant import quantize_model
+
+    model = quantize_model(nn.Sequential(nn.Linear(4, 2)), first_last_bits=None).eval()
+    name = next(n for n, m in model.named_modules() if hasattr(m, "wbits"))
+    rec = FaultRecorder(model, levels=[(0.1, None)], trials=1)
+    rec.begin(0, 0)
+    masks = [(mode, torch.tensor([1 << i])) for i, mode in enumerate(("flip", "stuck0", "stuck1"))]
+    rec.add(name, torch.tensor([0]), masks, bits=8)
+    data = np.load(rec.save(tmp_path / "f.npz"), allow_pickle=False)
+    assert sorted(zip(data["bit"].tolist(), data["mode"].tolist())) == [(0, 0), (1, 1), (2, 2)]
+    ff = read_fault_file(tmp_path / "f.npz").bind([(name, dict(model.named_modules())[name])])
+
+    class _Inj:
+        ber, count = 0.1, None
+
+    got = {mode: (idx.tolist(), mask.tolist()) for mode, idx, mask in ff.faults(name, _Inj(), 0, "", 0)}
+    assert got == {"flip": ([0], [1]), "stuck0": ([0], [2]), "stuck1": ([0], [4])}
 
 
 def _ref_pattern(code: int, bits: int) -> str:

@@ -12,12 +12,27 @@ sorted code indices.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
 
-FAULT_MODES = ("flip", "stuck0", "stuck1")
+
+
+class FaultMode(NamedTuple):
+    """One fault mode: how a mask changes stored bit patterns, and the code a fault file stores for it."""
+
+    apply: Callable[[Any, Any], Any]  # (patterns, mask) -> new patterns; torch tensors or numpy arrays alike
+    code: int  # the ``mode`` column of a fault file (faults/replay.py): part of the file format, never renumber
+
+
+# The one table of fault modes (mask_patterns, profile validation and the replay file format all read it).
+FAULT_MODES: dict[str, FaultMode] = {
+    "flip": FaultMode(lambda patterns, mask: patterns ^ mask, 0),
+    "stuck0": FaultMode(lambda patterns, mask: patterns & ~mask, 1),
+    "stuck1": FaultMode(lambda patterns, mask: patterns | mask, 2),
+}
+MODE_OF_CODE: dict[int, str] = {m.code: name for name, m in FAULT_MODES.items()}
 
 _MAX_BITS = 62  # masks and two's-complement arithmetic stay inside int64
 
@@ -180,11 +195,8 @@ def mask_patterns(patterns: Any, mask: Any, mode: str = "flip") -> Any:
     >>> mask_patterns(torch.tensor([0b0101]), torch.tensor([0b0011]), "stuck0").tolist()
     [4]
     """
-    if mode == "flip":
-        return patterns ^ mask
-    if mode == "stuck0":
-        return patterns & ~mask
-    if mode == "stuck1":
-        return patterns | mask
-    raise ValueError(f"mode must be one of {FAULT_MODES}, got {mode!r}")
+    fault_mode = FAULT_MODES.get(mode)
+    if fault_mode is None:
+        raise ValueError(f"mode must be one of {tuple(FAULT_MODES)}, got {mode!r}")
+    return fault_mode.apply(patterns, mask)
 

@@ -16,7 +16,7 @@ The file is a numpy ``.npz`` (``np.load(FILE, allow_pickle=False)`` reads it; wr
 ``layer``             int16: index into ``layers``
 ``index``             int64: flat index of the code in the layer's weight (row-major)
 ``bit``               int8: bit position in the code (0 = LSB)
-``mode``              int8: 0 flip, 1 stuck at 0, 2 stuck at 1
+``mode``              int8: 0 flip, 1 stuck at 0, 2 stuck at 1 (``FaultMode.code`` in faults/bits.py)
 ====================  =========================================================================================
 
 One row per faulty bit, sorted by (level, trial, layer, index, bit). A stuck bit is recorded whether or not it
@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
+from qfi_cli.faults.bits import FAULT_MODES, MODE_OF_CODE, positions_to_masks
 from qfi_cli.io import atomic_write
 
 FORMAT = "qfi-faults/1"
-MODES = ("flip", "stuck0", "stuck1")
 COLUMNS = {"level": np.int16, "trial": np.int32, "layer": np.int16, "index": np.int64, "bit": np.int8,
            "mode": np.int8}
 
@@ -102,7 +102,7 @@ class FaultRecorder:
             self._parts.append({"level": np.full(n, self._at[0]), "trial": np.full(n, self._at[1]),
                                 "layer": np.full(n, self._layer_id[name]),
                                 "index": index.detach().cpu().numpy()[rows], "bit": bit,
-                                "mode": np.full(n, MODES.index(mode))})
+                                "mode": np.full(n, FAULT_MODES[mode].code)})
 
     def rows(self) -> int:
         return sum(len(p["bit"]) for p in self._parts)
@@ -164,8 +164,6 @@ class FaultFile:
     def faults(self, name: str, injector: Any, trial: int, key: str,
                draw: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """The recorded faults of layer ``name`` in ``trial`` at the injector's rate: ``(mode, index, mask)``."""
-        from qfi_cli.faults.bits import positions_to_masks
-
         if trial >= self.trials:
             raise QfiError(f"fault file {self.path} holds {self.trials} trials, not trial {trial + 1}")
         level = self.level_of(injector.ber, injector.count if injector.ber is None else None)
@@ -179,7 +177,10 @@ class FaultFile:
         for m in np.unique(mode).tolist():
             sel = mode == m
             code, mask = positions_to_masks(index[sel] * bits + bit[sel], bits)
-            parts.append((MODES[m], code, mask))
+            if m not in MODE_OF_CODE:
+                raise QfiError(f"fault file {self.path} holds unknown fault mode code {m} (known: "
+                               f"{', '.join(f'{c} {n}' for c, n in MODE_OF_CODE.items())})")
+            parts.append((MODE_OF_CODE[m], code, mask))
         return parts
 
 
