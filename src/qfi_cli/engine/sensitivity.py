@@ -28,7 +28,8 @@ from qfi_cli.engine.common import predict_correct, resolve_device
 from qfi_cli.engine.evaluate import TrialStats, load_trained, rates, result_record, run_trials
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultInjector
-from qfi_cli.faults.injector import exact, protect_cells, resolve_bits
+from qfi_cli.faults.bits import resolve_bits
+from qfi_cli.faults.injector import exact, protect_cells
 from qfi_cli.faults.models import FaultConfig, ProtectRule
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, weight_bits_total

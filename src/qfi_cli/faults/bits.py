@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 import numpy as np
 import torch
 
+from qfi_cli.errors import QfiError
 
 
 class FaultMode(NamedTuple):
@@ -70,6 +71,20 @@ def _check_bit_positions(bit_positions: Optional[Sequence[int]], bits: int) -> O
     if bad:
         raise ValueError(f"bit_positions must lie in [0, {bits}), got {bad}")
     return positions
+
+
+def resolve_bits(positions: list[int] | None, bits: int, what: str = "fault.bits") -> list[int] | None:
+    """Bit positions (negative from the MSB) as sorted positions in ``[0, bits)``; None stays None (all bits).
+
+    >>> resolve_bits([-1, 0, 7], 8)
+    [0, 7]
+    """
+    if positions is None:
+        return None
+    pos = sorted({b if b >= 0 else bits + b for b in positions})
+    if pos[0] < 0 or pos[-1] >= bits:
+        raise QfiError(f"{what} {positions} do not fit {bits}-bit codes (0..{bits - 1}, or -1 = MSB)")
+    return pos
 
 
 def to_unsigned(codes: torch.Tensor, bits: int) -> torch.Tensor:

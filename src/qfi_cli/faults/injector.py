@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.faults.bits import n_exposed_bits, positions_to_masks_np
+from qfi_cli.faults.bits import n_exposed_bits, positions_to_masks_np, resolve_bits
 from qfi_cli.faults.flips import writable, write_masked, write_masked_np
 from qfi_cli.faults.models import FaultConfig, ProtectRule
+from qfi_cli.faults.profile import read_profile
 from qfi_cli.faults.sampler import NestedBitSampler, sample_fixed_count, stream_key
 from qfi_cli.quant.encoding import Encoding
 from qfi_cli.quant.layers import QuantizedLayerMixin, quantized_layers
@@ -101,7 +102,7 @@ def _popcount_np(u: np.ndarray, bits: int) -> int:
     return popcount(torch.from_numpy(u), bits)
 
 
-def _straight_through(x_q: torch.Tensor, x_f: torch.Tensor) -> torch.Tensor:
+def straight_through(x_q: torch.Tensor, x_f: torch.Tensor) -> torch.Tensor:
     """Forward value ``x_f``, gradient of ``x_q``."""
     return x_f + (x_q - x_q.detach()) if x_q.requires_grad else x_f
 
@@ -156,8 +157,6 @@ class FaultInjector:
 
             self.source = read_fault_file(self.config.file).bind(everything)
         elif self.config.fault_model.source == "profile":
-            from qfi_cli.faults.profile import read_profile
-
             self.source = read_profile(self.config.file).bind(everything, self.config.file)
         self._hook = None
         self.attached = False
@@ -219,7 +218,7 @@ class FaultInjector:
                 return x_q
             flat = x_q.detach().reshape(-1).clone()
             self._fault_entries(name, flat, encoding, bits, is_activation)
-            return _straight_through(x_q, flat.view_as(x_q))
+            return straight_through(x_q, flat.view_as(x_q))
 
         return hook
 
@@ -464,20 +463,6 @@ class FaultInjector:
 
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def resolve_bits(positions: list[int] | None, bits: int, what: str = "fault.bits") -> list[int] | None:
-    """Bit positions (negative from the MSB) as sorted positions in ``[0, bits)``; None stays None (all bits).
-
-    >>> resolve_bits([-1, 0, 7], 8)
-    [0, 7]
-    """
-    if positions is None:
-        return None
-    pos = sorted({b if b >= 0 else bits + b for b in positions})
-    if pos[0] < 0 or pos[-1] >= bits:
-        raise QfiError(f"{what} {positions} do not fit {bits}-bit codes (0..{bits - 1}, or -1 = MSB)")
-    return pos
 
 
 def _n_exposed(n_codes: int, bits: int, chosen: list[int] | None) -> int:

@@ -37,8 +37,7 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.faults.bits import FAULT_MODES, positions_to_masks
-from qfi_cli.faults.injector import resolve_bits
+from qfi_cli.faults.bits import FAULT_MODES, positions_to_masks, resolve_bits
 from qfi_cli.faults.sampler import NestedBitSampler, stream_key
 from qfi_cli.typed import require, section
 

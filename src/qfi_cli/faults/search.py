@@ -293,7 +293,7 @@ def flipped(model: nn.Module, masks: Masks) -> Iterator[None]:
     """Inside the block the layers in ``masks`` compute with those bits of their quantized weight flipped; the
     backward pass sees the gradient of the clean quantized weight (straight through), as a fault hook's does.
     Uses the layers' ``weight_fault`` slots (refused when another injector holds one)."""
-    from qfi_cli.faults.injector import _straight_through
+    from qfi_cli.faults.injector import straight_through
 
     layers = dict(quantized_layers(model))
     hooked = []
@@ -302,7 +302,7 @@ def flipped(model: nn.Module, masks: Masks) -> Iterator[None]:
         def hook(x_q: torch.Tensor, encoding: Encoding) -> torch.Tensor:
             flat = x_q.detach().reshape(-1).clone()
             write_masked(flat, encoding, index, mask)
-            return _straight_through(x_q, flat.view_as(x_q))
+            return straight_through(x_q, flat.view_as(x_q))
         return hook
 
     try:

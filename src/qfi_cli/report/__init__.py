@@ -51,7 +51,8 @@ from qfi_cli.report.console import render_failures, render_paired, render_table
 from qfi_cli.report.plots import (ber_figure, curve_figure, plot_ber_curve,
                                   plot_rerr_curve, rerr_figure)
 from qfi_cli.report.study import Estimate, Pair, Study, build_study
-from qfi_cli.report.tables import (PAIRED, PAIRED_COLUMNS, SUMMARY, TABLE_CSV, TABLE_GROUPS, TABLE_MD, Column,
+from qfi_cli.report.format import Column
+from qfi_cli.report.tables import (PAIRED, PAIRED_COLUMNS, SUMMARY, TABLE_CSV, TABLE_GROUPS, TABLE_MD,
                                    study_columns, write_paired, write_study_table, write_summary)
 
 

@@ -29,8 +29,10 @@ from typing import Any
 
 from qfi_cli.io import atomic_write
 from qfi_cli.layout import ATTACK, ATTACK_CURVE, ATTACKS_CSV
-from qfi_cli.report.collect import (SEED_KEY, SHARPNESS, _integer, _Invalid, _number, _one_line, _result_files,
-                                    _show, config_order, factors, point_keys, sort_value, stored_label)
+from qfi_cli.report.collect import (SEED_KEY, SHARPNESS, config_order, factors, point_keys, result_files, sort_value,
+                                    stored_label, swept_keys)
+from qfi_cli.report.fields import Invalid, integer, number, one_line, show
+from qfi_cli.report.format import Column, pct, write_csv
 from qfi_cli.report.study import Config, Estimate, Study
 from qfi_cli.stats import describe_ci, describe_seed_range, seed_range
 
@@ -43,33 +45,33 @@ ATTACK_COLUMNS = ("flips_to_target", "flips_committed", "max_flips", "target_acc
 # ---------------------------------------------------------------------------------------------------- rows
 
 def _fields(res: dict[str, Any]) -> dict[str, Any]:
-    """The checked numbers of an ok attack.json (raises _Invalid naming the first that does not hold)."""
-    committed = _integer(res, "flips_committed", low=0)
-    to_target = _integer(res, "flips_to_target", low=0, required=False)
+    """The checked numbers of an ok attack.json (raises Invalid naming the first that does not hold)."""
+    committed = integer(res, "flips_committed", low=0)
+    to_target = integer(res, "flips_to_target", low=0, required=False)
     if to_target is not None and to_target > committed:
-        raise _Invalid(f"flips_to_target is {to_target}, above flips_committed {committed}")
+        raise Invalid(f"flips_to_target is {to_target}, above flips_committed {committed}")
     settings = res.get("attack")
     if not isinstance(settings, dict):
-        raise _Invalid(f"attack is {_show(settings)}, not an object")
+        raise Invalid(f"attack is {show(settings)}, not an object")
     metrics = res.get("train_metrics")
     if metrics is not None and not isinstance(metrics, dict):
-        raise _Invalid(f"train_metrics is {_show(metrics)}, not an object")
+        raise Invalid(f"train_metrics is {show(metrics)}, not an object")
     random = res.get("random_at_target")
     if random is not None and not isinstance(random, dict):
-        raise _Invalid(f"random_at_target is {_show(random)}, not an object")
+        raise Invalid(f"random_at_target is {show(random)}, not an object")
     return {
-        "clean_accuracy": _number(res, "clean_accuracy"),
+        "clean_accuracy": number(res, "clean_accuracy"),
         "_flips_to_target": to_target, "_flips_committed": committed,
-        "_max_flips": _integer(settings, "flips", low=1, required=False),
-        "_target": _number(res, "target_accuracy"),
-        "_final_accuracy": _number(res, "final_accuracy", required=False),
-        "_random_at_target": _number(random or {}, "accuracy_mean", required=False),
-        "_seconds_per_flip": _number(res, "seconds_per_flip", high=None, required=False),
+        "_max_flips": integer(settings, "flips", low=1, required=False),
+        "_target": number(res, "target_accuracy"),
+        "_final_accuracy": number(res, "final_accuracy", required=False),
+        "_random_at_target": number(random or {}, "accuracy_mean", required=False),
+        "_seconds_per_flip": number(res, "seconds_per_flip", high=None, required=False),
         "_model": res.get("model"), "_dataset": res.get("dataset"), "_recipe": res.get("recipe"),
-        "_wbits": _integer(res, "wbits", low=1, required=False),
+        "_wbits": integer(res, "wbits", low=1, required=False),
         "_widths": stored_label(res),
-        "_rho": _number(res, "rho", low=0.0, high=None, required=False),
-        **{f"_{k}": _number(metrics or {}, k, low=None, high=None, required=False) for k in SHARPNESS},
+        "_rho": number(res, "rho", low=0.0, high=None, required=False),
+        **{f"_{k}": number(metrics or {}, k, low=None, high=None, required=False) for k in SHARPNESS},
     }
 
 
@@ -81,7 +83,7 @@ def _attack_row(path: Path, root: Path) -> dict[str, Any]:
         res = read_json(path)
     except (OSError, ValueError, RecursionError) as e:
         return {"_point": {}, "dir": rel, "status": "unreadable",
-                "error": f"cannot read {ATTACK}: {_one_line(e) or type(e).__name__}"}
+                "error": f"cannot read {ATTACK}: {one_line(e) or type(e).__name__}"}
     if not isinstance(res, dict) or not isinstance(res.get("point", {}), dict):
         return {"_point": {}, "dir": rel, "status": "unreadable", "error": f"{ATTACK} is not a JSON object with a "
                                                                           "point object"}
@@ -90,10 +92,10 @@ def _attack_row(path: Path, root: Path) -> dict[str, Any]:
     if status != "ok":
         return {"_point": point, "dir": rel, "_seed": point.get(SEED_KEY),
                 "status": status if isinstance(status, str) and status else "invalid",
-                "error": _one_line(res.get("error")) or f"status is {_show(status)}"}
+                "error": one_line(res.get("error")) or f"status is {show(status)}"}
     try:
         fields = _fields(res)
-    except _Invalid as e:
+    except Invalid as e:
         return {"_point": point, "dir": rel, "_seed": point.get(SEED_KEY), "status": "invalid",
                 "error": f"invalid {ATTACK}: {e}"}
     seed = res.get("seed") if isinstance(res.get("seed"), int) else point.get(SEED_KEY)
@@ -108,7 +110,7 @@ def collect_attacks(sweep_dir: str | Path) -> list[dict[str, Any]]:
     root = Path(sweep_dir)
     if not root.is_dir():
         return []
-    raw = [_attack_row(p, root) for p in _result_files(root, ATTACK)]
+    raw = [_attack_row(p, root) for p in result_files(root, ATTACK)]
     keys = point_keys(raw)
     rows = []
     for r in raw:
@@ -156,8 +158,6 @@ def _random_mean(rows: list[dict[str, Any]]) -> float | None:
 def attack_columns(study: Study) -> tuple[list, list[str]]:
     """Study table columns (``TABLE_GROUPS``): flips to target, mean over training seeds [CI over seeds], and the
     random baseline's accuracy (%) at the same flip counts; only when the sweep holds attacks."""
-    from qfi_cli.report.tables import Column, pct
-
     if not study.attacks:
         return [], []
     targets = sorted({r["_target"] for rows in study.attacks.values() for r in rows if r.get("_target") is not None})
@@ -188,16 +188,13 @@ def attack_columns(study: Study) -> tuple[list, list[str]]:
 
 def write_attacks(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write ``attacks.csv`` (one row per attack point: swept values, then ``ATTACK_COLUMNS``). Returns the path."""
-    from qfi_cli.report.collect import swept_keys
-    from qfi_cli.report.tables import _write_csv
-
     keys = [k for k in swept_keys(rows) if k != "clean_accuracy"]
     private = {"flips_to_target": "_flips_to_target", "flips_committed": "_flips_committed",
                "max_flips": "_max_flips", "target_accuracy": "_target", "final_accuracy": "_final_accuracy",
                "random_accuracy_at_target": "_random_at_target", "seconds_per_flip": "_seconds_per_flip",
                "train_seed": "_seed"}
     body = [[r.get(k) for k in keys] + [r.get(private.get(c, c)) for c in ATTACK_COLUMNS] for r in rows]
-    return _write_csv(Path(sweep_dir) / ATTACKS_CSV, [*keys, *ATTACK_COLUMNS], body)
+    return write_csv(Path(sweep_dir) / ATTACKS_CSV, [*keys, *ATTACK_COLUMNS], body)
 
 
 def render_attacks(study: Study, console: Any) -> None:

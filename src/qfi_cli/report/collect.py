@@ -27,6 +27,7 @@ from qfi_cli.errors import QfiError
 from qfi_cli.io import read_json
 from qfi_cli.layout import ATTACK, MODELS_DIR, RESULTS
 from qfi_cli.quant.convert import widths_label
+from qfi_cli.report.fields import Invalid, integer, is_number, number, one_line, show
 from qfi_cli.stats import describe_ci, mean_ci
 
 BER_KEY = "fault.ber"
@@ -43,93 +44,39 @@ POINT_CI = describe_ci(1)  # a point is one model: its interval covers the fault
 SHARPNESS = ("sharpness_worst", "sharpness_random")
 
 
-class _Invalid(ValueError):
-    """A results.json whose status says ok but whose content does not hold."""
-
-
 # ---------------------------------------------------------------------------------------------------- values
-
-def _is_number(value: Any) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond any float
-        return False
-
 
 def _float(value: Any) -> float | None:
     """A finite number as a float, else None (strings that spell numbers included, for rows read from CSV)."""
     if value is None or isinstance(value, bool):
         return None
     try:
-        number = float(value)
+        x = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
-    return number if math.isfinite(number) else None
-
-
-def _show(value: Any) -> str:
-    """A value as the file spells it (JSON), cut to 40 characters."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _number(res: dict, key: str, low: float | None = 0.0, high: float | None = 1.0,
-            required: bool = True) -> float | None:
-    value = res.get(key)
-    if value is None:
-        if required:
-            raise _Invalid(f"{key} is missing")
-        return None
-    if not _is_number(value):
-        raise _Invalid(f"{key} is {_show(value)}, not a number")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise _Invalid(f"{key} is {value}, outside [{low}, {high}]")
-    return float(value)
-
-
-def _integer(res: dict, key: str, low: int | None = None, required: bool = True) -> int | None:
-    value = res.get(key)
-    if value is None:
-        if required:
-            raise _Invalid(f"{key} is missing")
-        return None
-    if not _is_number(value) or value != int(value):
-        raise _Invalid(f"{key} is {_show(value)}, not a whole number")
-    if low is not None and value < low:
-        raise _Invalid(f"{key} is {value}, below {low}")
-    return int(value)
+    return x if math.isfinite(x) else None
 
 
 def _per_trial(res: dict, key: str, trials: int, required: bool) -> list[float] | None:
     values = res.get(key)
     if values is None:
         if required:
-            raise _Invalid(f"{key} (one value per trial) is missing")
+            raise Invalid(f"{key} (one value per trial) is missing")
         return None
     if not isinstance(values, list):
-        raise _Invalid(f"{key} is {_show(values)}, not a list")
+        raise Invalid(f"{key} is {show(values)}, not a list")
     if len(values) != trials:
-        raise _Invalid(f"{key} has {len(values)} entries but trials is {trials}")
+        raise Invalid(f"{key} has {len(values)} entries but trials is {trials}")
     for v in values:
-        if not _is_number(v) or not 0.0 <= v <= 1.0:
-            raise _Invalid(f"{key} holds {_show(v)}, not a fraction in [0, 1]")
+        if not is_number(v) or not 0.0 <= v <= 1.0:
+            raise Invalid(f"{key} holds {show(v)}, not a fraction in [0, 1]")
     return [float(v) for v in values]
 
 
 def _consistent(key: str, values: list[float] | None, mean: float | None) -> None:
     # the file's mean must be its trials' mean (up to float rounding of a sum of <= 2^20 fractions)
     if values is not None and mean is not None and abs(math.fsum(values) / len(values) - mean) > 1e-9:
-        raise _Invalid(f"{key} is {mean} but its trials average {math.fsum(values) / len(values)}")
-
-
-def _one_line(text: Any) -> str:
-    text = str(text or "").strip()
-    return text.splitlines()[0] if text else ""
+        raise Invalid(f"{key} is {mean} but its trials average {math.fsum(values) / len(values)}")
 
 
 def _json_type(value: Any) -> str:
@@ -139,7 +86,7 @@ def _json_type(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------------- files
 
-def _result_files(root: Path, name: str = RESULTS) -> list[Path]:
+def result_files(root: Path, name: str = RESULTS) -> list[Path]:
     """Every file named exactly ``name`` (results.json) under ``root``, outside hidden directories and
     ``models/``."""
     found = []
@@ -175,50 +122,50 @@ def pending_points(sweep_dir: str | Path) -> list[str]:
 
 
 def _read(path: Path) -> Any:
-    """The parsed JSON of ``path``; _Invalid (reason, one line) when it cannot be read or parsed."""
+    """The parsed JSON of ``path``; Invalid (reason, one line) when it cannot be read or parsed."""
     try:
         return read_json(path)
     except json.JSONDecodeError as e:
-        raise _Invalid(f"{RESULTS} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        raise Invalid(f"{RESULTS} is not valid JSON ({e.msg}, line {e.lineno})") from None
     except UnicodeDecodeError:
-        raise _Invalid(f"{RESULTS} is not UTF-8 text") from None
+        raise Invalid(f"{RESULTS} is not UTF-8 text") from None
     except OSError as e:
-        raise _Invalid(f"cannot read {RESULTS}: {e.strerror or type(e).__name__}") from None
+        raise Invalid(f"cannot read {RESULTS}: {e.strerror or type(e).__name__}") from None
     except (ValueError, RecursionError) as e:
-        raise _Invalid(f"cannot parse {RESULTS}: {type(e).__name__}") from None
+        raise Invalid(f"cannot parse {RESULTS}: {type(e).__name__}") from None
 
 
 def _ok_fields(res: dict, point: dict) -> dict[str, Any]:
-    """The checked numbers of an ok results.json (raises _Invalid naming the first that does not hold)."""
+    """The checked numbers of an ok results.json (raises Invalid naming the first that does not hold)."""
     if res.get("ber") is None and point.get(BER_KEY) is not None:
         res = {**res, "ber": point[BER_KEY]}
-    ber = _number(res, "ber")
-    trials = _integer(res, "trials", low=1)
+    ber = number(res, "ber")
+    trials = integer(res, "trials", low=1)
     accuracies = _per_trial(res, "accuracies", trials, required=True)
     rerrs = _per_trial(res, "rerrs", trials, required=False)
-    mean = _number(res, "accuracy_mean")
-    rerr_mean = _number(res, "rerr_mean", required=rerrs is not None)
+    mean = number(res, "accuracy_mean")
+    rerr_mean = number(res, "rerr_mean", required=rerrs is not None)
     _consistent("accuracy_mean", accuracies, mean)
     _consistent("rerr_mean", rerrs, rerr_mean)
     metrics = res.get("train_metrics")
     if metrics is not None and not isinstance(metrics, dict):
-        raise _Invalid(f"train_metrics is {_show(metrics)}, not an object")
-    sharp = {k: _number(metrics or {}, k, low=None, high=None, required=False) for k in SHARPNESS}
+        raise Invalid(f"train_metrics is {show(metrics)}, not an object")
+    sharp = {k: number(metrics or {}, k, low=None, high=None, required=False) for k in SHARPNESS}
     for key in ("model", "dataset", "recipe"):
         if res.get(key) is not None and not isinstance(res[key], str):
-            raise _Invalid(f"{key} is {_show(res[key])}, not a string")
+            raise Invalid(f"{key} is {show(res[key])}, not a string")
     low, high = mean_ci(accuracies)
     return {
-        "ber": ber, "trials": trials, "clean_accuracy": _number(res, "clean_accuracy"),
-        "accuracy_mean": mean, "accuracy_std": _number(res, "accuracy_std", high=None, required=False),
+        "ber": ber, "trials": trials, "clean_accuracy": number(res, "clean_accuracy"),
+        "accuracy_mean": mean, "accuracy_std": number(res, "accuracy_std", high=None, required=False),
         "ci95_low": low, "ci95_high": high, "rerr_mean": rerr_mean,
-        "train_seed": _integer(res, "seed", required=False),
-        "fault_seed": _integer(res, "fault_seed", required=False), "ci": POINT_CI if low is not None else "",
+        "train_seed": integer(res, "seed", required=False),
+        "fault_seed": integer(res, "fault_seed", required=False), "ci": POINT_CI if low is not None else "",
         "_accuracies": accuracies, "_rerrs": rerrs,
         "_model": res.get("model"), "_dataset": res.get("dataset"), "_recipe": res.get("recipe"),
-        "_wbits": _integer(res, "wbits", low=1, required=False),
+        "_wbits": integer(res, "wbits", low=1, required=False),
         "_widths": stored_label(res),
-        "_rho": _number(res, "rho", low=0.0, high=None, required=False),
+        "_rho": number(res, "rho", low=0.0, high=None, required=False),
         **{f"_{k}": v for k, v in sharp.items()},
     }
 
@@ -228,13 +175,13 @@ def _row(path: Path, root: Path) -> dict[str, Any]:
     bad = {"_point": {}, "ber": None, "dir": rel}
     try:
         res = _read(path)
-    except _Invalid as e:
+    except Invalid as e:
         return {**bad, "status": "unreadable", "error": str(e)}
     if not isinstance(res, dict):
         return {**bad, "status": "unreadable", "error": f"{RESULTS} holds {_json_type(res)}, not a JSON object"}
     point = res.get("point", {})
     if not isinstance(point, dict):
-        return {**bad, "status": "invalid", "error": f"invalid {RESULTS}: point is {_show(point)}, not an object"}
+        return {**bad, "status": "invalid", "error": f"invalid {RESULTS}: point is {show(point)}, not an object"}
     swept = {k: v for k, v in point.items() if k != BER_KEY}
     ber = _float(res.get("ber"))
     ber = _float(point.get(BER_KEY)) if ber is None else ber
@@ -242,11 +189,11 @@ def _row(path: Path, root: Path) -> dict[str, Any]:
     if status != "ok":
         bad = {**bad, "_point": swept, "ber": ber, "_seed": point.get(SEED_KEY)}
         if not isinstance(status, str) or not status:
-            return {**bad, "status": "invalid", "error": f"invalid {RESULTS}: status is {_show(status)}"}
-        return {**bad, "status": status, "error": _one_line(res.get("error")) or status}
+            return {**bad, "status": "invalid", "error": f"invalid {RESULTS}: status is {show(status)}"}
+        return {**bad, "status": status, "error": one_line(res.get("error")) or status}
     try:
         fields = _ok_fields(res, point)
-    except _Invalid as e:
+    except Invalid as e:
         return {**bad, "_point": swept, "ber": ber, "_seed": point.get(SEED_KEY), "status": "invalid",
                 "error": f"invalid {RESULTS}: {e}"}
     seed = fields["train_seed"] if fields["train_seed"] is not None else point.get(SEED_KEY)
@@ -271,9 +218,9 @@ def sort_value(value: Any, key: str | None = None) -> tuple:
         return (0, 0.0, "")
     if key == RECIPE_KEY and str(value) in RECIPE_ORDER:
         return (1, float(RECIPE_ORDER.index(str(value))), "")
-    number = _float(value)
-    if number is not None:
-        return (1 if key != RECIPE_KEY else 2, number, "")
+    x = _float(value)
+    if x is not None:
+        return (1 if key != RECIPE_KEY else 2, x, "")
     return (3, 0.0, str(value))
 
 
@@ -395,7 +342,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         raise QfiError(f"sweep directory not found: {root}")
     if not root.is_dir():
         raise QfiError(f"not a directory: {root} (pass the sweep directory that holds the points)")
-    files = _result_files(root)
+    files = result_files(root)
     if not files:
         raise QfiError(f"no {RESULTS} under {root}: not a sweep directory, or no point has finished yet")
     raw = [_row(f, root) for f in files]

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from qfi_cli.report.study import Estimate, Pair, Study, build_study
-from qfi_cli.report.tables import MARK, PAIRED, interval
+from qfi_cli.report.format import MARK, interval
+from qfi_cli.report.tables import PAIRED
 from qfi_cli.progress import wide_console
 from qfi_cli.stats import describe_ci
 

@@ -16,7 +16,7 @@ from typing import Any
 from qfi_cli.io import atomic_write
 from qfi_cli.report.collect import RECIPE_KEY
 from qfi_cli.report.study import Config, Study, build_study
-from qfi_cli.report.tables import fmt_p
+from qfi_cli.report.format import fmt_p
 from qfi_cli.stats import describe_ci
 
 MAX_PANELS = 6

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from qfi_cli.io import atomic_write
 from qfi_cli.layout import BUDGET_CSV, BUDGET_PNG, SENSITIVITY_CSV, SENSITIVITY_PNG
-from qfi_cli.report.tables import _write_csv, fmt_p, pct
+from qfi_cli.report.format import fmt_p, pct, write_csv
 from qfi_cli.stats import METHOD, describe_ci
 
 CELL_COLUMNS = ("layer", "bit", "bit_role", "width", "bits_exposed", "trials", "flips_mean", "accuracy_mean",
@@ -219,11 +219,11 @@ def write_sensitivity(directory: str | Path, result: Any) -> list[Path]:
     ``directory``, atomically; returns their paths."""
     root = Path(directory)
     rows = cell_rows(result)
-    written = [_write_csv(root / SENSITIVITY_CSV, list(CELL_COLUMNS), [[r[k] for k in CELL_COLUMNS] for r in rows]),
+    written = [write_csv(root / SENSITIVITY_CSV, list(CELL_COLUMNS), [[r[k] for k in CELL_COLUMNS] for r in rows]),
                _save(sensitivity_figure(result), root / SENSITIVITY_PNG)]
     if result.budget:
         brows = budget_rows(result)
-        written += [_write_csv(root / BUDGET_CSV, list(BUDGET_COLUMNS), [[r[k] for k in BUDGET_COLUMNS]
+        written += [write_csv(root / BUDGET_CSV, list(BUDGET_COLUMNS), [[r[k] for k in BUDGET_COLUMNS]
                                                                           for r in brows]),
                     _save(budget_figure(result), root / BUDGET_PNG)]
     return written

@@ -8,68 +8,23 @@ appended to the list. Table numbers are percentages (errors in %, differences in
 
 from __future__ import annotations
 
-import csv
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from qfi_cli.io import atomic_write
 from qfi_cli.layout import PAIRED, SUMMARY, TABLE_CSV, TABLE_MD
+from qfi_cli.report.attack import attack_columns
 from qfi_cli.report.collect import BASELINE_RECIPE, COLUMNS, RECIPE_KEY, collect, swept_keys
-from qfi_cli.report.study import Config, Estimate, Pair, Study
+from qfi_cli.report.format import MARK, Column, csv_p, fmt_p, interval, write_csv
+from qfi_cli.report.study import Config, Pair, Study
 from qfi_cli.stats import describe_ci, describe_seed_range
 
-MARK = "*"
 NO_CI = "†"
 RERR_DEFINITION = ("RErr (robust error, Stutz et al., MLSys 2021): the fraction of test examples that are wrong "
                    "under the bit errors or wrong without them")
 PAIRED_COLUMNS = ("factor", "baseline", "value", "at", "ber", "seeds", "trials",
                   "acc_diff_pp", "acc_diff_pp_low", "acc_diff_pp_high", "acc_ci_excludes_0",
                   "rerr_diff_pp", "rerr_diff_pp_low", "rerr_diff_pp_high", "rerr_ci_excludes_0", "a", "b", "ci")
-
-
-# ---------------------------------------------------------------------------------------------------- format
-
-def fmt_p(ber: float) -> str:
-    """A bit error rate as a percentage, as Stutz et al. print it.
-
-    >>> fmt_p(1e-4), fmt_p(0.025), fmt_p(1e-5)
-    ('0.01%', '2.5%', '0.001%')
-    """
-    return f"{100 * ber:.6g}%"
-
-
-def csv_p(ber: float) -> str:
-    """A bit error rate in a column name: ``rerr_pct@0.0001``."""
-    return f"{ber:g}"
-
-
-def pct(value: float | None, digits: int = 2, signed: bool = False) -> str:
-    """A fraction in percent (percentage points when ``signed``); "-" when missing.
-
-    >>> pct(0.0482), pct(-0.0123, signed=True), pct(None)
-    ('4.82', '-1.23', '-')
-    """
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{100 * value:{'+' if signed else ''}.{digits}f}"
-
-
-def interval(est: Estimate | None, signed: bool = False, mark: bool = False) -> str:
-    """``mean [low, high]`` in percent; ``MARK`` appended when ``mark`` and the interval excludes 0.
-
-    >>> interval(Estimate(0.0505, 0.048, 0.0531))
-    '5.05 [4.80, 5.31]'
-    >>> interval(Estimate(-0.02, -0.03, -0.01), signed=True, mark=True)
-    '-2.00 [-3.00, -1.00]*'
-    """
-    if est is None or est.mean is None:
-        return "-"
-    text = pct(est.mean, signed=signed)
-    if est.low is not None and est.high is not None:
-        text += f" [{pct(est.low, signed=signed)}, {pct(est.high, signed=signed)}]"
-    return text + (MARK if mark and est.excludes_zero else "")
 
 
 def _num(value: float | None, scale: float = 100.0) -> float | str:
@@ -89,30 +44,10 @@ def write_summary(sweep_dir: str | Path, rows: list[dict[str, Any]] | None = Non
     """
     rows = collect(sweep_dir) if rows is None else rows
     header = [*swept_keys(rows), *COLUMNS]
-    return _write_csv(Path(sweep_dir) / SUMMARY, header, [[row.get(k) for k in header] for row in rows])
-
-
-def _write_csv(path: Path, header: list[str], body: list[list[Any]]) -> Path:
-    def write(f: Any) -> None:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows([["" if v is None else v for v in line] for line in body])
-
-    return atomic_write(path, write, mode="w")
+    return write_csv(Path(sweep_dir) / SUMMARY, header, [[row.get(k) for k in header] for row in rows])
 
 
 # ---------------------------------------------------------------------------------------------------- columns
-
-@dataclass
-class Column:
-    """One column of the study table: its header (markdown and console), its table.csv names, and its cell
-    for a configuration: (text, csv values, one per csv name)."""
-
-    header: str
-    csv: tuple[str, ...]
-    cell: Callable[[Config], tuple[str, tuple]]
-    left: bool = False
-
 
 ColumnGroup = Callable[[Study], "tuple[list[Column], list[str]]"]
 
@@ -228,14 +163,8 @@ def baseline_columns(study: Study) -> tuple[list[Column], list[str]]:
     return columns, legend
 
 
-def _attack_columns(study: Study) -> tuple[list[Column], list[str]]:
-    from qfi_cli.report.attack import attack_columns  # flips to target from attack.json points
-
-    return attack_columns(study)
-
-
 TABLE_GROUPS: list[ColumnGroup] = [config_columns, seed_columns, clean_columns, rerr_columns, sharpness_columns,
-                                   baseline_columns, _attack_columns]
+                                   baseline_columns, attack_columns]  # attack: flips to target from attack.json points
 
 
 def study_columns(study: Study, groups: list[ColumnGroup] | None = None) -> tuple[list[Column], list[str]]:
@@ -318,7 +247,7 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
     header = [name for col in columns for name in col.csv] + ["ci"]
     ci = describe_seed_range() if study.attacks_only else describe_ci(study.seed_counts() or [1])
     body = [[v for _, values in line for v in values] + [ci] for line in cells]
-    return md, _write_csv(root / TABLE_CSV, header, body)
+    return md, write_csv(root / TABLE_CSV, header, body)
 
 
 def _at(values: dict[str, Any]) -> str:
@@ -342,5 +271,5 @@ def paired_rows(pairs: list[Pair]) -> list[dict[str, Any]]:
 
 def write_paired(sweep_dir: str | Path, pairs: list[Pair]) -> Path:
     """Write ``paired.csv`` (header only when nothing pairs, so no stale file survives). Returns the path."""
-    return _write_csv(Path(sweep_dir) / PAIRED, list(PAIRED_COLUMNS),
+    return write_csv(Path(sweep_dir) / PAIRED, list(PAIRED_COLUMNS),
                       [[r[k] for k in PAIRED_COLUMNS] for r in paired_rows(pairs)])
