@@ -29,8 +29,8 @@ from qfi_cli.engine.evaluate import TrialStats, load_trained, rates, result_reco
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultInjector
 from qfi_cli.faults.bits import resolve_bits
-from qfi_cli.faults.injector import exact, protect_cells
-from qfi_cli.faults.models import FaultConfig, ProtectRule
+from qfi_cli.faults.config import FaultConfig
+from qfi_cli.faults.selection import ProtectRule, exact, protect_cells
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, weight_bits_total
 
@@ -113,13 +113,7 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     cfg = RunConfig.from_dict(cfg)
     reporter = reporter or Reporter()
     fault = cfg.fault
-    if fault.fault_model.source != "sampler":
-        raise QfiError(f"sensitivity draws its own faults per cell: fault.model must be bitflip, stuck_at_0, "
-                       f"stuck_at_1 or bitflip_count, not {fault.model}")
-    if fault.target != "weights":
-        raise QfiError("sensitivity maps stored weight bits: set fault.target=weights")
-    if cfg.sensitivity.budget and fault.fault_model.counted:
-        raise QfiError("the protection budget measures the whole model at a rate: give --ber, not --count")
+    fault.check_run(cfg, "sensitivity")  # the pre-check's rules, for a config made for another command
     levels = rates(cfg)
     device = resolve_device(cfg.device)
     model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
