@@ -15,7 +15,15 @@ import pkgutil
 
 from qfi_cli.faults.sources.base import FAULT_MODELS, At, Draw, FaultSource, register_fault_model
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["FAULT_MODELS", "At", "Draw", "FaultSource", "register_fault_model"]
+def import_sources() -> list[str]:
+    """Import every module of this package (each registers its sources); returns their names, sorted."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+    return names
+
+
+import_sources()
+
+__all__ = ["FAULT_MODELS", "At", "Draw", "FaultSource", "import_sources", "register_fault_model"]
