@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from qfi_cli.faults.models import FaultConfig
+from qfi_cli.faults.config import FaultConfig
 from qfi_cli.quant.encoding import FLOAT_FORMATS
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
 from qfi_cli.targets import TARGET, Trust, target_label
@@ -347,6 +347,7 @@ class RunConfig:
             self.model["init"] = str(Path(init).expanduser().resolve())
         if self.checkpoint is not None:
             self.checkpoint = str(Path(self.checkpoint).expanduser())
+        self.fault.check_run(self, self.command)  # fault x eval / command rules: in the pre-check of every point
         return self
 
     def trust(self) -> Trust:
