@@ -52,7 +52,6 @@ class Outcome:
     result: Any = None
     error: Optional[str] = None
     out_dir: Optional[str] = None
-    sweep_dir: Optional[str] = None
 
 
 @dataclass
