@@ -16,13 +16,13 @@ class AggregateSweep(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from qfi_cli.commands import COMMANDS
         from qfi_cli.loggers import log_run
-        from qfi_cli.report import aggregate
+        from qfi_cli.report import SECTIONS, aggregate
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         aggregate(sweep_dir)
-        files = COMMANDS.get("sweep").outputs
+        files = [*COMMANDS.get("sweep").outputs, *(s.csv for s in SECTIONS.values())]
         logger = OmegaConf.to_container(config.logger, resolve=True) if "logger" in config else None
         log_run(logger, sweep_dir, OmegaConf.select(config, "paths.root"), {"sweep": str(sweep_dir)},
                 artifacts=[sweep_dir / f for f in files])

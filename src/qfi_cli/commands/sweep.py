@@ -18,7 +18,7 @@ import typer
 from qfi_cli.commands.base import Command, Outcome, Request
 from qfi_cli.commands.options import Checkpoint, Out, Overrides, TrustCode, fail, opt, quote, rates_text
 from qfi_cli.errors import QfiError
-from qfi_cli.layout import ATTACKS_CSV, BER_CURVE, PAIRED, POINT_DIR_EXCLUDED, RERR_CURVE, SUMMARY, TABLE_CSV
+from qfi_cli.layout import BER_CURVE, PAIRED, POINT_DIR_EXCLUDED, RERR_CURVE, SUMMARY, TABLE_CSV
 from qfi_cli.layout import TABLE_MD
 
 LAUNCHERS = {"basic": None, "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
@@ -147,13 +147,13 @@ def prepare(request: Request, args: list[str], configs: list[dict[str, Any]]) ->
 
 
 def show(outcome: Outcome, request: Request) -> None:
-    """Exit non-zero when points failed (counted from their results.json / attack.json)."""
-    from qfi_cli.report import collect, collect_attacks
+    """Exit non-zero when points failed (counted from their results.json and every report section's file)."""
+    from qfi_cli.report import SECTIONS, collect
 
     root = request.out
     if root is None or not root.is_dir():
         return
-    rows = collect_attacks(root)
+    rows = [row for section in SECTIONS.values() for row in section.collect(root)]
     try:
         rows = collect(root) + rows
     except QfiError:
@@ -165,4 +165,4 @@ def show(outcome: Outcome, request: Request) -> None:
 
 
 COMMAND = Command(None, "sweep", options, show=show, prepare=prepare,
-                  outputs=(SUMMARY, BER_CURVE, RERR_CURVE, TABLE_MD, TABLE_CSV, PAIRED, ATTACKS_CSV))
+                  outputs=(SUMMARY, BER_CURVE, RERR_CURVE, TABLE_MD, TABLE_CSV, PAIRED))  # + each section's csv
