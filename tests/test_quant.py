@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.quant import (AffineQuantizer, LSQQuantizer, MinMaxQuantizer, QuanConv2d, QuanLinear, RQuantizer,
-                           check_bits, code_range, float_encoding, frozen_weights, quantize_model, quantized_layers)
+from qfi_cli.quant import (QUANTIZERS, AffineQuantizer, LSQQuantizer, MinMaxQuantizer, QuanConv2d, QuanLinear,
+                           RQuantizer, check_bits, code_range, float_encoding, frozen_weights, quantize_model,
+                           quantized_layers)
 from tests.conftest import tiny_cnn
 
 
@@ -96,7 +97,15 @@ def test_affine_msb_flip_hand_computed():
 
 @pytest.mark.parametrize("kind", [RQuantizer, AffineQuantizer])
 def test_rquant_and_affine_are_per_layer(kind):
+    """The user's rule is written once (QuantConfig, from the class's PER_CHANNEL); the constructor keeps its own
+    invariant as a plain error."""
+    from qfi_cli.config import QuantConfig
+
+    name = {RQuantizer: "rquant", AffineQuantizer: "affine"}[kind]
+    assert kind.PER_CHANNEL is False and QUANTIZERS.get(name) is kind
     with pytest.raises(QfiError, match="per_channel=false"):
+        QuantConfig(name=name, per_channel=True).validated()
+    with pytest.raises(ValueError, match="no per-channel scales"):
         kind(per_channel=True)
 
 
