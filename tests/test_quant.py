@@ -272,7 +272,8 @@ def test_the_layer_mapping_is_one_table_by_exact_type():
     class MyLinear(nn.Linear):
         pass
 
-    m = quantize_model(nn.Sequential(MyLinear(3, 3), nn.Linear(3, 2), nn.Conv1d(1, 2, 3)), first_last_bits=None)
+    with pytest.warns(UserWarning, match=r"stay float .*: 0 \(MyLinear\), 2 \(Conv1d\)"):
+        m = quantize_model(nn.Sequential(MyLinear(3, 3), nn.Linear(3, 2), nn.Conv1d(1, 2, 3)), first_last_bits=None)
     assert [type(layer) for layer in m] == [MyLinear, QuanLinear, nn.Conv1d]
     with mock.patch.dict(QUANTIZED_TYPES):
         @quantizes(nn.Conv1d)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -45,7 +47,26 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
         with torch.no_grad():
             new.quan_w_fn(new.weight, wb)  # data-free weight init (LSQ's step size)
         setattr(owner, child, new)
+    left = float_layers(model)
+    if left:
+        warnings.warn(f"these layers stay float (no row in QUANTIZED_TYPES for their type): {', '.join(left)}",
+                      stacklevel=2)
     return model
+
+
+def float_layers(model: nn.Module) -> list[str]:
+    """``name (Type)`` of every layer, outside the quantized ones, that holds a weight matrix or kernel of its own (a
+    parameter of 2 or more dimensions): it computes in float and no fault reaches it. After ``quantize_model``
+    (which warns about them) these are the layers whose exact type has no row in ``QUANTIZED_TYPES``.
+
+    >>> float_layers(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Embedding(5, 2)))
+    ['0 (Linear)', '2 (Embedding)']
+    >>> float_layers(quantize_model(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))))
+    []
+    """
+    inside = {id(sub) for _, m in quantized_layers(model) for sub in m.modules()}
+    return [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+            if id(m) not in inside and any(p.dim() >= 2 for p in m.parameters(recurse=False))]
 
 
 @torch.no_grad()
