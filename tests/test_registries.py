@@ -77,7 +77,7 @@ def test_every_quantizer_says_how_it_stores_what_it_quantized(name):
 
 # one small float example per row of the layer table (a new row needs its example here, and the test covers it)
 LAYER_EXAMPLES = {
-    torch.nn.Conv2d: (lambda: torch.nn.Conv2d(2, 3, 3, padding=1, groups=1), (2, 2, 5, 5)),
+    torch.nn.Conv2d: (lambda: torch.nn.Conv2d(2, 4, 3, stride=2, padding=1, dilation=2, groups=2), (2, 2, 9, 9)),
     torch.nn.Linear: (lambda: torch.nn.Linear(6, 4), (3, 6)),
 }
 
