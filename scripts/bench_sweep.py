@@ -47,8 +47,8 @@ def train_checkpoint(root: Path, device: str) -> Path:
     with quiet():
         last = run(["command=train", "train.epochs=1", f"device={device}", f"paths.root={root}",
                     f"hydra.run.dir={out}"])
-    if last["error"]:
-        raise RuntimeError(last["error"])
+    if last.error:
+        raise RuntimeError(last.error)
     return out / "model.pt"
 
 

@@ -30,6 +30,8 @@ MUTATIONS = [
      "nn.Linear(16 * 5 * 5, 120)", "nn.Linear(16 * 4 * 4, 120)"),
     ("conf/fault/stuck_at_0.yaml names no fault model", "conf/fault/stuck_at_0.yaml", "model: stuck_at_0",
      "model: stuck_at_O"),
+    ("fault source bitflip_count draws nothing", "src/qfi_cli/faults/sources/count.py",
+     "        return drawn(self.mode, positions, at.bits, chosen)", "        return NO_ENTRIES, []"),
     ("conf/quant/minmax.yaml: wbits is no number", "conf/quant/minmax.yaml", "wbits: 8", "wbits: eight"),
     ("conf/model/resnet18.yaml is no YAML", "conf/model/resnet18.yaml", "small_input: true", "small_input: [true"),
     ("layer table: the Linear row lost", "src/qfi_cli/quant/layers.py", "@quantizes(nn.Linear)",

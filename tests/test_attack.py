@@ -563,9 +563,10 @@ def test_advbet_recipe_trains_with_a_search_per_step_once_started(in_tmp, monkey
 
 
 def test_bet_modes_do_not_mix_with_training_faults():
-    from qfi_cli.engine.train import train
+    from qfi_cli.commands import check
+    from qfi_cli.config import RunConfig
     from qfi_cli.errors import QfiError
 
     cfg = compose(["recipe=advbet", "fault.enable_in_training=true", "fault.ber=0.01", "device=cpu"])
     with pytest.raises(QfiError, match="train.bet.mode=adversarial both inject"):
-        train(cfg, "unused")
+        check(RunConfig.from_dict(cfg))  # the train command's rule, run in the pre-check

@@ -1,15 +1,19 @@
 """A checkpoint is data: a ``_target_`` its saved config names is imported only when this run names the same one
-(``model._target_=X`` on the command line) or passes ``--trust-code`` (``trust_code=true``)."""
+(``model._target_=X`` on the command line) or passes ``--trust-code`` (``trust_code=true``); a pickle that would
+run code is refused."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from qfi_cli.cli import app
 from qfi_cli.engine.train import train
 from qfi_cli.errors import QfiError
 from qfi_cli.io import load_checkpoint
@@ -139,3 +143,17 @@ def test_a_user_model_run_resumes_when_named_or_trusted(runs, in_tmp, capsys, al
     assert code == 0, output
     assert (run / "model.pt").is_file()
     assert torch.load(run / "model.pt", weights_only=True)["config"]["model"]["_target_"] == MYNET
+
+
+def test_refuses_pickle_that_would_run_code(in_tmp):
+    marker = in_tmp / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = in_tmp / "evil.pt"
+    torch.save({"state_dict": Evil(), "config": {}}, evil)
+    result = CliRunner().invoke(app, ["inject-eval", "--checkpoint", str(evil)])
+    assert result.exit_code != 0 and "refusing to load" in result.output
+    assert not marker.exists(), "loading a checkpoint must never run code"

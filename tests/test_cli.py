@@ -102,12 +102,12 @@ def test_runs_started_in_the_same_instant_get_their_own_dirs(in_tmp, monkeypatch
 
 
 def test_run_dirs_sort_by_start_time(in_tmp):
-    from qfi_cli.app import LAST
-
     made = []
     for _ in range(3):
+        before = set((in_tmp / "outputs" / "train").glob("*"))
         assert invoke("train", "train.epochs=0", "model.width=4", "device=cpu").exit_code == 0
-        made.append(Path(LAST["out_dir"]).name)
+        (new,) = set((in_tmp / "outputs" / "train").glob("*")) - before
+        made.append(new.name)
     assert sorted(made) == made and len(set(made)) == 3
 
 

@@ -317,7 +317,7 @@ def test_sam_epsilon_comes_from_clean_weight_gradient():
 def test_a_trial_draws_all_layers_weight_bits_from_one_stream_laid_end_to_end():
     """Trial t's faulty weight bits at a rate: one nested sampler over the selected layers' exposed bits laid end to
     end in layer order (key ``<weights>``), split by layer; fault.bits narrows each layer's exposed bits first."""
-    from qfi_cli.faults.injector import WEIGHTS
+    from qfi_cli.faults.sources.base import WEIGHTS
     from qfi_cli.faults.sampler import NestedBitSampler, stream_key
 
     torch.manual_seed(0)

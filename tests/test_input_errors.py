@@ -1,4 +1,4 @@
-"""Bad settings, flags and environments are one-line errors (no traceback) that name what is wrong, before
+"""Bad settings, flags, files and environments are one-line errors (no traceback) that name what is wrong, before
 anything is written: no model.pt, no results.json, no empty run directory, no half-written file."""
 
 from __future__ import annotations
@@ -7,7 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from qfi_cli.cli import app
 from tests.helpers import CLI_TINY as TINY
 from tests.helpers import one_line_error, qfi
 
@@ -128,3 +131,63 @@ def test_no_empty_log_and_no_leftovers_from_a_failed_run(outputs, capsys):
     assert Path("D/.hydra/config.yaml").is_file()
     one_line_error(*qfi(capsys, "train", "--model", "lenet5", *TINY))
     assert not (outputs / "outputs" / "train").exists() or not any((outputs / "outputs" / "train").iterdir())
+
+
+runner = CliRunner()
+
+
+def _bad_checkpoints(tmp: Path, good: Path) -> dict[str, Path]:
+    corrupt = tmp / "corrupt.pt"
+    corrupt.write_bytes(b"this is no checkpoint\n" * 100)
+    truncated = tmp / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    mismatch = tmp / "mismatch.pt"
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["config"]["model"]["width"] = 5  # weights of width 8, config of width 5
+    torch.save(ckpt, mismatch)
+    not_qfi = tmp / "not_qfi.pt"
+    torch.save({"weights": torch.zeros(3)}, not_qfi)
+    return {"corrupt": corrupt, "truncated": truncated, "mismatch": mismatch, "not_qfi": not_qfi}
+
+
+BAD = [
+    ("ber above 1", ["inject-eval", "--ber", "1.5"], "ber must lie in [0, 1]"),
+    ("ber below 0", ["inject-eval", "--ber", "-1e-3"], "ber must lie in [0, 1]"),
+    ("trials 0", ["inject-eval", "--trials", "0"], "trials must be >= 1"),
+    ("wbits 9", ["train", "--wbits", "9"], "2..8 or 32"),
+    ("abits 1", ["train", "--abits", "1"], "2..8 or 32"),
+    ("unknown model", ["train", "--model", "vgg99"], "unknown model 'vgg99'"),
+    ("unknown model name", ["train", "model.name=vgg99"], "unknown model 'vgg99'"),
+    ("unknown data set", ["train", "--dataset", "imagenet"], "unknown data set 'imagenet'"),
+    ("unknown fault config", ["inject-eval", "fault=gamma_rays"], "unknown fault model 'gamma_rays'"),
+    ("unknown fault model", ["inject-eval", "fault.model=gamma_rays"], "unknown fault model 'gamma_rays'"),
+    ("unknown launcher", ["sweep", "--launcher", "kubernetes"], "unknown launcher 'kubernetes'"),
+    ("missing checkpoint", ["inject-eval", "--checkpoint", "{tmp}/nope.pt"], "checkpoint not found"),
+    ("no trained model yet", ["inject-eval"], "no trained model recorded"),
+    ("corrupt checkpoint", ["inject-eval", "--checkpoint", "{corrupt}"], "corrupt or unreadable"),
+    ("truncated checkpoint", ["inject-eval", "--checkpoint", "{truncated}"], "corrupt or unreadable"),
+    ("not a qfi checkpoint", ["inject-eval", "--checkpoint", "{not_qfi}"], "not a qfi checkpoint"),
+    ("architecture mismatch", ["inject-eval", "--checkpoint", "{mismatch}"], "does not match its model config"),
+    ("model override vs checkpoint", ["inject-eval", "--checkpoint", "{good}", "model=lenet5"],
+     "was trained with model.name=digits_cnn, not lenet5"),
+    ("missing data root", ["train", "--dataset", "mnist", "data.root={tmp}/no_data"], "mnist not found under"),
+    ("unwritable output", ["train", "--out", "{tmp}/a_file/run"], "cannot write to"),
+    ("malformed override", ["train", "train.lr=[0.1"], "malformed override"),
+    ("unknown key", ["train", "train.learning_rate=0.1"], "Could not override 'train.learning_rate'"),
+    ("wrong type", ["train", "train.lr=fast"], "train.lr must be a number"),
+    ("resume without out", ["train", "--resume"], "--resume needs --out"),
+    ("resume with nothing to resume", ["train", "--resume", "--out", "{tmp}/empty"], "nothing to resume"),
+]
+
+
+@pytest.mark.parametrize("case,args,message", BAD, ids=[b[0] for b in BAD])
+def test_user_mistakes_give_one_line_and_nonzero_exit(case, args, message, in_tmp, trained_digits):
+    paths = {"tmp": str(in_tmp), "good": str(trained_digits[0])}
+    paths.update({k: str(v) for k, v in _bad_checkpoints(in_tmp, trained_digits[0]).items()})
+    (in_tmp / "a_file").write_text("x")
+    result = runner.invoke(app, [a.format(**paths) for a in args])
+    output = result.output.strip()
+    assert result.exit_code != 0, output
+    assert message in output, output
+    assert "Traceback" not in output and len(output.splitlines()) <= 2, output
+    assert not list(in_tmp.rglob("results.json")) and not list(in_tmp.rglob("model.pt"))

@@ -1,18 +1,26 @@
 """Every ``qfi`` example in README.md runs: a user copies the README first.
 
 **What runs.** Every line that starts with ``qfi `` inside a ```bash block of README.md, its ``# comment`` stripped
-and the rest split as a shell would (``shlex``), in README order, through the real entry point
-(``qfi_cli.cli.main``) in this process. Each must exit 0 (a sweep with a failed point exits 2). ``make demo`` /
-``make test`` are not qfi commands (CI runs the Makefile); the ```python block is a doctest (tests/test_user.py).
+and the rest split as a shell would (``shlex``), through the real entry point (``qfi_cli.cli.main``) in this
+process. Each must exit 0 (a sweep with a failed point exits 2). ``make demo`` / ``make test`` are not qfi commands
+(CI runs the Makefile); the ```python block is a doctest (tests/test_user.py).
 
-**One sandbox, as a user has.** All examples share one working directory (``outputs/``, ``runs/``,
-``latest_checkpoint.txt`` and ``faults.npz`` land there), so each may use what the earlier ones made, exactly as
-for a user going down the README. ``HOME`` is a temporary home whose ``~/data`` holds tiny MNIST, Fashion-MNIST
-(idx files) and CIFAR-10 (Python-2 pickles) written in torchvision's formats by tests/test_data.py's writers; the
-working directory holds the package ``mypkg`` (``mypkg.nets.MyNet(hidden, num_classes, in_channels)``,
-``mypkg.data.make(n)``; qfi searches the working directory last), ``float.pt`` (a float state_dict of MyNet) and
-``chip.json`` (the README's own profile map, taken from its ```json block). ``QFI_OUTPUTS`` and ``QFI_DATA`` are
-unset. Running one example alone (``-k``) runs the earlier ones first.
+**Each example alone.** Every example runs in a fresh sandbox of its own (a working directory and a home; the
+``sandbox`` fixture), holding exactly the inputs it names (``needs``), so any example runs alone
+(``pytest tests/test_readme.py -k resume``) and in any order. ``QFI_OUTPUTS`` and ``QFI_DATA`` are unset. What an
+example may need (``INPUTS``), and where it comes from:
+
+- ``~/data``: the home's ``data/`` holds tiny MNIST, Fashion-MNIST (idx files) and CIFAR-10 (Python-2 pickles)
+  written in torchvision's formats by tests/test_data.py's writers (for ``data.root=~/data``).
+- ``mypkg``: the user's package in the working directory (``mypkg.nets.MyNet(hidden, num_classes, in_channels)``,
+  ``mypkg.data.make(n)``; qfi searches the working directory last); ``float.pt``: a float state_dict of MyNet;
+  ``chip.json``: the README's own profile map (its ```json block).
+- Made by the README's own examples, each run once per session in a sandbox of its own and copied in (``Made``):
+  the latest model (``qfi train``: ``outputs/train/<time>/`` and ``outputs/latest_checkpoint.txt``) for a command
+  given no ``--checkpoint`` and no ``--train``; ``runs/w4`` (``qfi train ... --out runs/w4``) for
+  ``--checkpoint runs/w4/model.pt``; the same run killed once its first of 2 epochs is saved, for ``--resume``;
+  ``faults.npz`` (``--save-faults faults.npz``) for ``fault.file=faults.npz``; your model (``qfi train
+  model._target_=mypkg.nets.MyNet ... train.epochs=0``, in ``outputs/train/<time>/``) for ``<time>``.
 
 **Appended to keep it fast** (Hydra: a later value of a key wins, in a sweep's grid too, so ``train.epochs=1``
 overrides an example's ``--epochs 10``), chosen by command (``sized``):
@@ -29,29 +37,31 @@ fault models, launcher and files; only fewer epochs, samples, trials, flips and 
 
 **Special cases.**
 
-- ``qfi train ... --out runs/w4`` is followed by ``qfi train --out runs/w4 --resume`` ("continue a killed run"):
-  it runs with ``train.epochs=2`` and is killed (exit 130) once its first epoch is saved; the resume gets nothing
-  appended (it continues with the saved settings), must print "resuming" and finish the run.
-- ``<time>`` in ``outputs/train/<time>/model.pt`` is the directory of the latest ``qfi train`` run; absolute
-  output paths (``/scratch/...``) are mapped into the sandbox.
+- ``qfi train --out runs/w4 --resume`` ("continue a killed run") gets nothing appended (it continues with the saved
+  settings: 2 epochs, the first done), must print "resuming" and finish the run.
+- ``<time>`` in ``outputs/train/<time>/model.pt`` is the directory of the model there; absolute output paths
+  (``/scratch/...``) are mapped into the sandbox.
 - ``--launcher slurm``: there is no cluster here. The example runs through the CLI as usual (options parsed, every
   point of the grid composed and validated, the sweep directory checked and recorded) up to the launch, which is
   replaced by ``--cfg hydra`` of its first point: the composed Hydra config must hold submitit's SlurmLauncher with
   the settings of conf/hydra/launcher/slurm.yaml. (``--launcher joblib`` runs for real.)
 - A few examples assert more than exit 0 (``CHECKS``): the tilde example reads the files under the fake home, the
-  resume resumes, ``fault.layers=[*conv*]`` exposes exactly the conv layers' bits, saved faults replay, the
-  second identical attack sweep only resumes (rewrites no attack.json).
-- The README's inline Python call ``qfi_cli.train({...}, "runs/ptq")`` runs last, in the same sandbox.
+  resume resumes, ``fault.layers=[*conv*]`` exposes exactly the conv layers' bits, saved faults replay, and the
+  attack sweep, run again into the same ``--out`` (README: "run the same command into the same --out again"), only
+  resumes (rewrites no attack.json).
+- The README's inline Python call ``qfi_cli.train({...}, "runs/ptq")`` runs in a sandbox holding ``mypkg``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -112,14 +122,6 @@ TEXT = README.read_text(encoding="utf-8")
 EXAMPLES = readme_examples(TEXT)
 
 
-def resumed_by_next(index: int, examples: list[str]) -> bool:
-    """Whether the next example resumes this one's run (``--out DIR`` then ``--out DIR --resume``)."""
-    if index + 1 >= len(examples) or "--resume" not in shlex.split(examples[index + 1]):
-        return False
-    args, after = shlex.split(examples[index]), shlex.split(examples[index + 1])
-    return "--out" in args and args[args.index("--out") + 1] == after[after.index("--out") + 1]
-
-
 def sized(args: list[str], killed: bool = False) -> list[str]:
     """The example's arguments (after ``qfi``) with the size-limiting overrides appended (module docstring)."""
     command = args[0]
@@ -143,7 +145,7 @@ def sized(args: list[str], killed: bool = False) -> list[str]:
     return args + extra
 
 
-# ------------------------------------------------------------------------------------------------- the sandbox
+# ---------------------------------------------------------------------------------------- what an example needs
 
 NETS = '''"""A user's own model."""
 import torch
@@ -175,64 +177,161 @@ def make(n: int = 1000) -> dict:
     return {"x_train": x[:k], "y_train": y[:k], "x_test": x[k:], "y_test": y[k:]}
 '''
 
+W4 = "qfi train --wbits 4 train.lr=0.05 quant=minmax quant.per_channel=true --out runs/w4"
+
+# Inputs made by README examples: name -> (the example, killed once its first epoch is saved?, the path kept).
+MADE: dict[str, tuple[str, bool, str]] = {
+    "latest model": ("qfi train", False, "outputs/train"),
+    "runs/w4": (W4, False, "runs/w4"),
+    "runs/w4 (killed)": (W4, True, "runs/w4"),
+    "faults.npz": ("qfi inject-eval --checkpoint runs/w4/model.pt --bers 1e-3,1e-2 --save-faults faults.npz",
+                   False, "faults.npz"),
+    "your model": ("qfi train model._target_=mypkg.nets.MyNet model.init=float.pt train.epochs=0", False,
+                   "outputs/train"),
+}
+INPUTS = ("~/data", "mypkg", "float.pt", "chip.json", *MADE)
+
+
+def needs(example: str) -> list[str]:
+    """The inputs (``INPUTS``) a README example reads, from its command line alone.
+
+    >>> needs("qfi inject-eval --ber 1e-4"), needs("qfi train --out runs/w4 --resume")
+    (['latest model'], ['runs/w4 (killed)'])
+    >>> needs("qfi attack --flips 20 --checkpoint outputs/train/<time>/model.pt --trust-code")
+    ['mypkg', 'your model']
+    """
+    args = shlex.split(example)[1:]
+    command, line = args[0], " ".join(args)
+    wanted = {
+        "~/data": "=~/data" in line,
+        "mypkg": "mypkg." in line or "<time>" in line,
+        "float.pt": "model.init=float.pt" in args,
+        "chip.json": "fault.file=chip.json" in args,
+        "latest model": command != "train" and "--checkpoint" not in args and "--train" not in args,
+        "runs/w4": "runs/w4/model.pt" in args,
+        "runs/w4 (killed)": command == "train" and "--resume" in args,
+        "faults.npz": "fault.file=faults.npz" in args,
+        "your model": "<time>" in line,
+    }
+    return [name for name in INPUTS if wanted[name]]
+
+
+class Made:
+    """The inputs that README examples make, each made once per session (on first use) by running its example in
+    a sandbox of its own (holding that example's own inputs), then copied into every sandbox that needs it."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.factory = factory
+        self.boxes: dict[str, Sandbox] = {}
+
+    def box(self, name: str, capsys) -> Sandbox:
+        if name not in self.boxes:
+            example, killed, _ = MADE[name]
+            with Sandbox.entered(self.factory.mktemp("made"), self) as box:
+                code, output = box.run(example, capsys, killed=killed)
+            assert code == (KILLED if killed else 0), f"making {name} by `{example}`: exit {code}:\n{output}"
+            self.boxes[name] = box
+        return self.boxes[name]
+
+    def copy(self, name: str, into: Sandbox, capsys) -> None:
+        kept = MADE[name][2]
+        source, target = self.box(name, capsys).work / kept, into.work / kept
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+        if name == "latest model":  # what `qfi train` records, pointing at the copy
+            from qfi_cli.io import record_latest
+
+            [model] = target.glob("*/model.pt")
+            record_latest(into.work / "outputs", model)
+
+
+# ------------------------------------------------------------------------------------------------- the sandbox
 
 class Sandbox:
-    """The README user's world: a working directory, a home with ``~/data``, and what the examples ran so far."""
+    """One example's world: a working directory and a home, holding only the inputs the example needs."""
 
-    def __init__(self, root: Path, examples: list[str]) -> None:
+    def __init__(self, root: Path, made: Made) -> None:
         self.root, self.work, self.home = root, root / "work", root / "home"
-        self.examples = examples
-        self.done: dict[int, tuple[int, str]] = {}
-        self.new: dict[int, list[Path]] = {}
-        rng = np.random.default_rng(0)
-        data = self.home / "data"
-        write_mnist(data, "MNIST", rng, n_train=64, n_test=32)
-        write_mnist(data, "FashionMNIST", rng, n_train=64, n_test=32)
-        write_cifar(data, "cifar10", rng, per_file=2)  # 10 training images: SimpleNet is big
-        package = self.work / "mypkg"
-        package.mkdir(parents=True)
-        (package / "__init__.py").write_text("")
-        (package / "nets.py").write_text(NETS)
-        (package / "data.py").write_text(DATA)
-        nets: dict[str, Any] = {}
-        exec(NETS, nets)  # the user's float model, without importing mypkg into this process yet
-        torch.manual_seed(0)
-        torch.save(nets["MyNet"]().state_dict(), self.work / "float.pt")
-        (self.work / "chip.json").write_text(json.dumps(readme_json(TEXT)))
+        self.made = made
+        self.work.mkdir(parents=True)
+        self.home.mkdir()
+        self.new: list[Path] = []
+
+    @classmethod
+    @contextlib.contextmanager
+    def entered(cls, root: Path, made: Made) -> Iterator[Sandbox]:
+        """A sandbox made current: its working directory, its home, qfi's environment variables unset. On exit the
+        user's package leaves ``sys.modules`` and ``sys.path`` is as before (qfi appends the working directory)."""
+        box = cls(root, made)
+        path = sys.path[:]
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.chdir(box.work)
+                mp.setenv("HOME", str(box.home))
+                mp.delenv("QFI_OUTPUTS", raising=False)
+                mp.delenv("QFI_DATA", raising=False)
+                yield box
+        finally:
+            sys.path[:] = path
+            for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+                del sys.modules[name]
+
+    def prepare(self, example: str, capsys) -> None:
+        """Put the inputs ``example`` needs into this sandbox (each once)."""
+        for name in needs(example):
+            if name == "~/data":
+                if (self.home / "data").exists():
+                    continue
+                rng = np.random.default_rng(0)
+                data = self.home / "data"
+                write_mnist(data, "MNIST", rng, n_train=64, n_test=32)
+                write_mnist(data, "FashionMNIST", rng, n_train=64, n_test=32)
+                write_cifar(data, "cifar10", rng, per_file=2)  # 10 training images: SimpleNet is big
+            elif (self.work / name).exists() or (name in MADE and (self.work / MADE[name][2]).exists()):
+                continue
+            elif name == "mypkg":
+                package = self.work / "mypkg"
+                package.mkdir()
+                (package / "__init__.py").write_text("")
+                (package / "nets.py").write_text(NETS)
+                (package / "data.py").write_text(DATA)
+            elif name == "float.pt":
+                nets: dict[str, Any] = {}
+                exec(NETS, nets)  # the user's float model, without importing mypkg into this process
+                torch.manual_seed(0)
+                torch.save(nets["MyNet"]().state_dict(), self.work / "float.pt")
+            elif name == "chip.json":
+                (self.work / "chip.json").write_text(json.dumps(readme_json(TEXT)))
+            else:
+                self.made.copy(name, self, capsys)
 
     def files(self) -> dict[Path, int]:
-        return {p: p.stat().st_mtime_ns for p in self.work.rglob("*") if p.is_file()}
+        return {p: p.stat().st_mtime_ns for p in self.root.rglob("*") if p.is_file()}
 
-    def argv(self, index: int) -> list[str]:
+    def argv(self, example: str, killed: bool = False) -> list[str]:
         """The example's command line as run here: sized, ``<time>`` resolved, absolute paths in the sandbox."""
-        args = shlex.split(self.examples[index])[1:]
-        args = sized(args, killed=resumed_by_next(index, self.examples))
+        args = sized(shlex.split(example)[1:], killed=killed)
         if any("<time>" in a for a in args):
-            latest = max((self.work / "outputs" / "train").iterdir(), key=lambda p: p.stat().st_mtime_ns)
-            args = [a.replace("outputs/train/<time>", str(latest.relative_to(self.work))) for a in args]
+            [run] = (self.work / "outputs" / "train").iterdir()
+            args = [a.replace("outputs/train/<time>", str(run.relative_to(self.work))) for a in args]
         return [str(self.root / a.lstrip("/")) if a.startswith("/") else a for a in args]
 
-    def run(self, index: int, capsys) -> tuple[int, str]:
-        """Run the examples up to ``index`` (each once, in order); (exit status, output) of example ``index``."""
-        for i in range(index + 1):
-            if i not in self.done:
-                before = self.files()
-                self.done[i] = self._run(i, capsys)
-                after = self.files()
-                self.new[i] = sorted(p for p, t in after.items() if before.get(p) != t)
-        return self.done[index]
-
-    def _run(self, index: int, capsys) -> tuple[int, str]:
-        args = self.argv(index)
+    def run(self, example: str, capsys, killed: bool = False) -> tuple[int, str]:
+        """Prepare the example's inputs and run it: (exit status, output); ``self.new``: the files it wrote."""
+        self.prepare(example, capsys)
+        args = self.argv(example, killed)
+        before = self.files()
         with pytest.MonkeyPatch.context() as mp:
-            if resumed_by_next(index, self.examples):
+            if killed:
                 killed_after(mp, 1)
             if "--launcher" in args and args[args.index("--launcher") + 1] == "slurm":
                 no_cluster(mp)
-            return qfi(capsys, *args)
-
-    def expected_status(self, index: int) -> int:
-        return KILLED if resumed_by_next(index, self.examples) else 0
+            code, output = qfi(capsys, *args)
+        self.new = sorted(p for p, t in self.files().items() if before.get(p) != t)
+        return code, output
 
 
 def no_cluster(mp: pytest.MonkeyPatch) -> None:
@@ -250,61 +349,55 @@ def no_cluster(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(app, "run", run)
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    root = tmp_path_factory.mktemp("readme")
-    box = Sandbox(root, EXAMPLES)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(box.work)
-        mp.setenv("HOME", str(box.home))
-        mp.delenv("QFI_OUTPUTS", raising=False)
-        mp.delenv("QFI_DATA", raising=False)
+@pytest.fixture(scope="session")
+def made(tmp_path_factory) -> Made:
+    """The inputs README examples make (``MADE``), each made once per session, on first use."""
+    return Made(tmp_path_factory)
+
+
+@pytest.fixture
+def sandbox(tmp_path, made) -> Iterator[Sandbox]:
+    """A fresh, current sandbox for one example: empty until ``run`` / ``prepare`` puts the example's inputs in."""
+    with Sandbox.entered(tmp_path, made) as box:
         yield box
-    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
-        del sys.modules[name]
 
 
-def assert_ran(box: Sandbox, index: int, code: int, output: str) -> None:
-    """Example ``index`` exited as it should; the message names the example and what ran before it."""
-    wanted = box.expected_status(index)
-    failed_before = [f"{i + 1}: {box.examples[i]}" for i in range(index)
-                     if i in box.done and box.done[i][0] != box.expected_status(i)]
-    assert code == wanted, (f"README example {index + 1} `{box.examples[index]}` (run as `qfi "
-                            f"{shlex.join(box.argv(index))}`) exited {code}, not {wanted}"
-                            + (f" (earlier examples failed: {failed_before})" if failed_before else "")
-                            + f":\n{output}")
+def assert_ran(box: Sandbox, index: int, example: str, code: int, output: str) -> None:
+    """README example ``index`` (0-based) exited 0; the message names the example, how it ran and its inputs."""
+    assert code == 0, (f"README example {index + 1} `{example}` (run as `qfi {shlex.join(box.argv(example))}` with "
+                       f"{needs(example) or 'no inputs'}) exited {code}, not 0:\n{output}")
 
 
 # ------------------------------------------------------------------------------------------------ extra checks
 
-def _results(box: Sandbox, index: int) -> dict[str, Any]:
-    found = [p for p in box.new[index] if p.name == "results.json"]
+def _results(box: Sandbox) -> dict[str, Any]:
+    found = [p for p in box.new if p.name == "results.json"]
     assert len(found) == 1, found
     return json.loads(found[0].read_text())
 
 
-def _model_config(box: Sandbox, index: int) -> dict[str, Any]:
-    found = [p for p in box.new[index] if p.name == "model.pt"]
+def _model_config(box: Sandbox) -> dict[str, Any]:
+    found = [p for p in box.new if p.name == "model.pt"]
     assert len(found) == 1, found
     return torch.load(found[0], weights_only=True)["config"]
 
 
-def check_tilde(box: Sandbox, index: int, output: str) -> None:
-    cfg = _model_config(box, index)
+def check_tilde(box: Sandbox, example: str, output: str, capsys) -> None:
+    cfg = _model_config(box)
     assert cfg["data"]["name"] == "mnist" and cfg["data"]["root"] == str(box.home / "data"), cfg["data"]
 
 
-def check_resume(box: Sandbox, index: int, output: str) -> None:
+def check_resume(box: Sandbox, example: str, output: str, capsys) -> None:
     assert "resuming from epoch 1 of 2" in output, output
     assert (box.work / "runs" / "w4" / "model.pt").is_file()
-    assert _model_config(box, index)["quant"]["per_channel"] is True
+    assert _model_config(box)["quant"]["per_channel"] is True
 
 
-def check_conv_layers(box: Sandbox, index: int, output: str) -> None:
+def check_conv_layers(box: Sandbox, example: str, output: str, capsys) -> None:
     from qfi_cli.engine.evaluate import load_trained
     from qfi_cli.quant import quantized_layers
 
-    res = _results(box, index)
+    res = _results(box)
     model, _, _ = load_trained(res["checkpoint"], torch.device("cpu"))
     bits = {name: layer.weight.numel() * layer.wbits for name, layer in quantized_layers(model)}
     conv = sum(b for name, b in bits.items() if "conv" in name)
@@ -312,36 +405,40 @@ def check_conv_layers(box: Sandbox, index: int, output: str) -> None:
     assert res["bits_total"] == conv and res["bits_model"] == sum(bits.values()) > conv, res
 
 
-def check_saved_faults(box: Sandbox, index: int, output: str) -> None:
+def check_saved_faults(box: Sandbox, example: str, output: str, capsys) -> None:
     saved = np.load(box.work / "faults.npz", allow_pickle=False)
     assert json.loads(str(saved["meta"]))["trials"] == 2 and len(saved["bit"]) > 0
 
 
-def check_replay(box: Sandbox, index: int, output: str) -> None:
-    rows = [json.loads(p.read_text()) for p in box.new[index] if p.name == "results.json"]
+def check_replay(box: Sandbox, example: str, output: str, capsys) -> None:
+    rows = [json.loads(p.read_text()) for p in box.new if p.name == "results.json"]
     assert sorted(r["ber"] for r in rows) == [1e-3, 1e-2] and all(r["trials"] == 2 for r in rows), rows
 
 
-def check_study(box: Sandbox, index: int, output: str) -> None:
+def check_study(box: Sandbox, example: str, output: str, capsys) -> None:
     """The narrowed study: the command line's recipe, seed and width replace the experiment's own grid."""
     study = box.work / "runs" / "study"
     assert len(list((study / "models").iterdir())) == 2 and len(list(study.rglob("results.json"))) == 2 * 5
     assert "randbet" in (study / "table.md").read_text()
 
 
-def check_slurm(box: Sandbox, index: int, output: str) -> None:
+def check_slurm(box: Sandbox, example: str, output: str, capsys) -> None:
     assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in output, output
     assert "partition: gpu" in output and "gpus_per_node: 1" in output, output
     assert (box.root / "scratch" / "sweeps" / "sam" / ".qfi_sweep.json").is_file()
 
 
-def check_second_attack_sweep(box: Sandbox, index: int, output: str) -> None:
-    attacks = list((box.work / "runs" / "bfa").rglob("attack.json"))
-    assert len(attacks) == 2 and not [p for p in box.new[index] if p.name == "attack.json"], box.new[index]
+def check_rerun_resumes(box: Sandbox, example: str, output: str, capsys) -> None:
+    """The same attack sweep again into the same ``--out`` only resumes (README, ``qfi sweep``: Resume): it
+    rewrites no attack.json."""
+    assert len(list((box.work / "runs" / "bfa").rglob("attack.json"))) == 2
+    code, again = box.run(example, capsys)
+    assert code == 0, again
+    assert not [p for p in box.new if p.name == "attack.json"], box.new
 
 
 # Substring of an example -> its check; the first example containing it, or (with "#2") the second.
-CHECKS: dict[str, Callable[[Sandbox, int, str], None]] = {
+CHECKS: dict[str, Callable[[Sandbox, str, str, Any], None]] = {
     "--dataset mnist data.root=~/data": check_tilde,
     "--out runs/w4 --resume": check_resume,
     "fault.layers=[*conv*]": check_conv_layers,
@@ -349,11 +446,11 @@ CHECKS: dict[str, Callable[[Sandbox, int, str], None]] = {
     "fault=replay fault.file=faults.npz": check_replay,
     "+experiment=robustness --out runs/study": check_study,
     "--launcher slurm": check_slurm,
-    "--out runs/bfa command=attack#2": check_second_attack_sweep,
+    "--out runs/bfa command=attack#2": check_rerun_resumes,
 }
 
 
-def checks_for(index: int, examples: list[str]) -> list[Callable[[Sandbox, int, str], None]]:
+def checks_for(index: int, examples: list[str]) -> list[Callable[[Sandbox, str, str, Any], None]]:
     out = []
     for key, check in CHECKS.items():
         needle, _, nth = key.partition("#")
@@ -366,13 +463,22 @@ def checks_for(index: int, examples: list[str]) -> list[Callable[[Sandbox, int, 
 # ------------------------------------------------------------------------------------------------------ tests
 
 def test_examples_found():
-    """The extraction sees the README's examples, and every size rule and check names one of them."""
+    """The extraction sees the README's examples, and every size rule, check and made input names one of them."""
     assert len(EXAMPLES) >= 40 and EXAMPLES[0] == "qfi train", EXAMPLES[:3]
     assert not [e for e in EXAMPLES if "#" in e.split("'")[0]], "a comment was not stripped"
     for key in list(NARROW) + list(CHECKS):
         needle, _, nth = key.partition("#")
         assert len([e for e in EXAMPLES if needle in e]) >= int(nth or 1), f"no README example matches {key!r}"
     assert sum(len(checks_for(i, EXAMPLES)) for i in range(len(EXAMPLES))) == len(CHECKS)
+    assert not [name for name, (example, _, _) in MADE.items() if example not in EXAMPLES], "made by no example"
+
+
+def test_every_input_is_needed_and_made_from_earlier_ones():
+    """Each input some example needs; a made input's example needs only inputs listed before it (no cycle)."""
+    used = {name for e in EXAMPLES for name in needs(e)}
+    assert used == set(INPUTS), set(INPUTS) - used
+    for name, (example, _, _) in MADE.items():
+        assert all(INPUTS.index(n) < INPUTS.index(name) for n in needs(example)), (name, needs(example))
 
 
 def test_sized_overrides_are_appended_and_win():
@@ -384,37 +490,36 @@ def test_sized_overrides_are_appended_and_win():
 
 
 @pytest.mark.slow
-def test_a_broken_example_fails(tmp_path, capsys, monkeypatch):
+def test_a_broken_example_fails(sandbox, capsys):
     """A misspelled option in a copy of the README makes its example's test fail, naming the example."""
     broken = readme_examples(TEXT.replace("qfi train --wbits 4 --rho 0", "qfi train --wbitz 4 --rho 0"))
-    box = Sandbox(tmp_path, broken)
-    monkeypatch.chdir(box.work)
     index = broken.index("qfi train --wbitz 4 --rho 0")
-    box.done.update({i: (0, "") for i in range(index)})  # the examples before it: not needed to fail this one
-    code, output = box.run(index, capsys)
+    code, output = sandbox.run(broken[index], capsys)
     with pytest.raises(AssertionError, match=re.escape("README example 2 `qfi train --wbitz 4 --rho 0`")):
-        assert_ran(box, index, code, output)
+        assert_ran(sandbox, index, broken[index], code, output)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(EXAMPLES)),
                          ids=[f"{i + 1:02d} {e[4:]}" for i, e in enumerate(EXAMPLES)])
 def test_readme_example(index, sandbox, capsys):
-    code, output = sandbox.run(index, capsys)
-    assert_ran(sandbox, index, code, output)
-    for check in checks_for(index, sandbox.examples):
-        check(sandbox, index, output)
+    example = EXAMPLES[index]
+    code, output = sandbox.run(example, capsys)
+    assert_ran(sandbox, index, example, code, output)
+    for check in checks_for(index, EXAMPLES):
+        check(sandbox, example, output, capsys)
 
 
 PYTHON_CALL = re.search(r"e\.g\.\s*`(qfi_cli\.train\(.*?\))`", TEXT, flags=re.S)
 
 
 @pytest.mark.slow
-def test_readme_python_call(sandbox):
-    """The README's one-line call of the engine from Python (``qfi_cli.train({...}, "runs/ptq")``), in the same
-    sandbox after the command-line examples."""
+def test_readme_python_call(sandbox, capsys):
+    """The README's one-line call of the engine from Python (``qfi_cli.train({...}, "runs/ptq")``), in a sandbox
+    holding the user's package."""
     import qfi_cli
 
     assert PYTHON_CALL, "README's qfi_cli.train(...) example was not found"
+    sandbox.prepare("qfi train model._target_=mypkg.nets.MyNet", capsys)
     metrics = eval(PYTHON_CALL.group(1), {"qfi_cli": qfi_cli})
     assert metrics["epochs"] == 0 and (sandbox.work / "runs" / "ptq" / "model.pt").is_file(), metrics

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from qfi_cli.config import RunConfig
 from qfi_cli.faults import FAULT_MODELS, FaultConfig, FaultInjector
+from qfi_cli.faults.sources.rate import RateFaults
 from qfi_cli.loggers import LOGGERS, make_logger
 from qfi_cli.models import build_model, input_size, list_models
 from qfi_cli.optim import SAM
@@ -129,13 +130,12 @@ def fault_files(tmp_path_factory) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", FAULT_MODELS.names())
 def test_every_fault_model_injects(name, fault_files):
-    kind = FAULT_MODELS.get(name)
-    at_rate = not kind.counted and kind.source == "sampler"
-    cfg = FaultConfig(model=name, ber=0.2 if at_rate else None, count=5, file=fault_files.get(kind.source))
+    at_rate = isinstance(FAULT_MODELS.get(name), RateFaults)
+    cfg = FaultConfig(model=name, ber=0.2 if at_rate else None, count=5, file=fault_files.get(name))
     layer_model = tiny()
     with FaultInjector(layer_model, cfg) as injector, frozen_weights(layer_model):
         before = [m.frozen_weight.clone() for _, m in quantized_layers(layer_model)]
-        with injector.trial(0, ber=0.2 if kind.source == "replay" else None):
+        with injector.trial(0, ber=0.2 if name == "replay" else None):
             changed = sum(int((m.frozen_weight != b).sum()) for (_, m), b in zip(quantized_layers(layer_model),
                                                                                   before))
     assert changed > 0 and injector.flips_total() > 0

@@ -565,3 +565,39 @@ def test_missing_or_empty_sweep_dir(tmp_path: Path) -> None:
         aggregate(tmp_path, Console(file=io.StringIO()))
     assert "\n" not in str(e.value)
     assert not (tmp_path / "summary.csv").exists() and not (tmp_path / "table.md").exists()
+
+
+def test_a_registered_section_feeds_the_report_without_other_edits(sweep: Path, monkeypatch) -> None:
+    """A new command's report hooks are one Section (report.sections): its rows, CSV, console part and study table
+    columns reach ``aggregate``, its result file counts a point as finished, and nothing else names it."""
+    from qfi_cli.report.format import write_csv
+    from qfi_cli.report.sections import SECTIONS, Section, register_section, result_names
+
+    monkeypatch.setattr(SECTIONS, "_items", dict(SECTIONS._items))  # restored after the test
+
+    def toy_rows(root: Path) -> list[dict]:
+        return [{"dir": p.parent.name, "status": "ok" if p.read_text() == "ok" else "failed", "error": "toy broke"}
+                for p in sorted(root.rglob("toy.json"))]
+
+    def toy_columns(study) -> tuple[list, list[str]]:
+        column = Column("toy score", ("toy_score",), lambda c: ("42", (42,)))
+        return [column], ["toy score: the toy section's column."]
+
+    register_section(Section("toy", "toy.json", "toys.csv", collect=toy_rows,
+                             write=lambda root, rows: write_csv(root / "toys.csv", ["dir"], [[r["dir"]] for r in rows]),
+                             render=lambda study, console: console.print("toy section"), columns=toy_columns))
+    assert result_names()[-1] == "toy.json"
+    for name, text in (("toy_a", "ok"), ("toy_b", "bad")):
+        (sweep / name).mkdir()
+        (sweep / name / "toy.json").write_text(text)
+    before = len(collect(sweep))
+    buf = io.StringIO()
+    rows = aggregate(sweep, Console(file=buf, width=200))
+    out = buf.getvalue()
+    assert len(rows) == before + 2 and [r["dir"] for r in rows[-2:]] == ["toy_a", "toy_b"]
+    assert (sweep / "toys.csv").read_text().split() == ["dir", "toy_a", "toy_b"]
+    assert "toy section" in out and "toy_b" in out and "toy broke" in out  # its failures are printed too
+    table = (sweep / "table.md").read_text()
+    assert "| toy score |" in table and "| 42 |" in table and "toy score: the toy section's column." in table
+    assert "toy_score" in (sweep / "table.csv").read_text().splitlines()[0]
+    assert "toy_a" not in pending_points(sweep) and "toys.csv" in out

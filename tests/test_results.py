@@ -1,14 +1,18 @@
 """What a run's results say: a float (32-bit) model is faulted in its IEEE bits, results.json is strict JSON,
-and the report marks invalid or unreadable result files instead of failing."""
+NaN logits count as wrong (``nan_trials``), and the report marks invalid or unreadable result files instead of
+failing."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
 
 import pytest
 
+from qfi_cli.engine.evaluate import inject_eval
+from qfi_cli.faults import FaultInjector
 from qfi_cli.io import write_json
 from tests.helpers import CLI_TINY as TINY
 from tests.helpers import checkpoint_layers, qfi
@@ -48,3 +52,23 @@ def test_results_are_strict_json_and_report_refuses_invalid_files(trained_digits
     assert code == 0 and "Traceback" not in out, out
     status = {r["dir"]: r["status"] for r in csv.DictReader(open("S/summary.csv"))}
     assert status["extra"] == "invalid" and status["list"] in ("invalid", "unreadable"), status
+
+
+def test_nan_logits_count_as_wrong_and_are_reported(trained_digits, monkeypatch):
+    checkpoint, cfg = trained_digits
+    original = FaultInjector._fault_entries
+
+    def poisoned(self, name, flat, *args, **kwargs):  # the last layer's weights all NaN in every trial (undone after)
+        if name != self.layers[-1][0]:
+            return original(self, name, flat, *args, **kwargs)
+        clean = flat.copy()  # a trial hands in the frozen weight's numpy view
+        flat.fill(float("nan"))
+        return flat, slice(None), clean
+
+    monkeypatch.setattr(FaultInjector, "_fault_entries", poisoned)
+    run_cfg = copy.deepcopy(cfg)
+    run_cfg["eval"]["trials"] = 3
+    [res] = inject_eval(run_cfg, checkpoint)
+    assert res["nan_trials"] == 3 and res["accuracies"] == [0.0, 0.0, 0.0]
+    assert res["accuracy_mean"] == 0.0 and res["rerr_mean"] == 1.0
+    assert res["clean_accuracy"] > 0.8

@@ -26,7 +26,7 @@ from qfi_cli.engine.evaluate import inject_eval, load_trained
 from qfi_cli.engine.sensitivity import sensitivity
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultConfig, FaultInjector
-from qfi_cli.faults.injector import exact
+from qfi_cli.faults.selection import exact
 from qfi_cli.faults.replay import FaultRecorder, read_fault_file
 from qfi_cli.io import load_checkpoint, save_checkpoint
 from qfi_cli.models import build_model

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from qfi_cli.config import RunConfig
 from qfi_cli.engine.train import TrainingFaults, clip_weights, train
 from qfi_cli.faults.bits import positions_to_masks
-from qfi_cli.faults.injector import TRAIN, WEIGHTS
+from qfi_cli.faults.sources.base import TRAIN, WEIGHTS
 from qfi_cli.faults.sampler import NestedBitSampler, stream_key
 from qfi_cli.optim import SAM
 from qfi_cli.quant import QuanConv2d, calibrate, quantize_model, quantized_layers

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from qfi_cli.faults.models import FaultConfig
+from qfi_cli.faults.config import FaultConfig
 from qfi_cli.quant.encoding import FLOAT_FORMATS
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
 from qfi_cli.targets import TARGET, Trust, target_label
@@ -296,13 +296,13 @@ class SensitivityConfig:
 
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-COMMANDS = ("train", "inject_eval", "sensitivity", "attack")
 
 
 @dataclass
 class RunConfig:
     """The whole composed config (``conf/config.yaml``), typed. ``model`` and ``logger`` stay mappings: their keys
-    are the chosen component's own arguments."""
+    are the chosen component's own arguments. ``command`` is checked against the command registry
+    (``qfi_cli.commands.check``, in the pre-check and the app), which this module does not import."""
 
     command: str = "train"
     seed: int = 0
@@ -333,7 +333,6 @@ class RunConfig:
         return section(cls, {k: v for k, v in data.items() if k != "hydra"}, "")
 
     def validated(self) -> "RunConfig":
-        require(self.command in COMMANDS, f"unknown command {self.command!r}: use {', '.join(COMMANDS)}")
         check_seed("seed", self.seed)
         require(bool(DEVICE.match(self.device)), f"unknown device {self.device!r}: use auto, cpu or cuda[:N]")
         target = self.model.get(TARGET)
@@ -347,6 +346,7 @@ class RunConfig:
             self.model["init"] = str(Path(init).expanduser().resolve())
         if self.checkpoint is not None:
             self.checkpoint = str(Path(self.checkpoint).expanduser())
+        self.fault.check_run(self, self.command)  # fault x eval / command rules: in the pre-check of every point
         return self
 
     def trust(self) -> Trust:

@@ -10,7 +10,7 @@ ATTACK = "attack.json"            # attack (and each sweep point of command=atta
 ATTACK_CURVE = "attack_curve.png" # attack: accuracy against flips, adversarial and random
 ATTACKS_CSV = "attacks.csv"       # sweep: one row per attack point (flips to target, clean and random accuracy)
 MODEL = "model.pt"                # train: the finished model (weights, resolved config, metrics)
-LAST = "last.pt"                  # train: the state after the last finished epoch (what --resume continues)
+LAST_CHECKPOINT = "last.pt"       # train: the state after the last finished epoch (what --resume continues)
 METRICS = "metrics.json"          # train: test accuracy, losses, history
 TRAIN_CONFIG = "train_config.json"  # sweep --train: the config a shared model was trained with
 SUMMARY = "summary.csv"           # sweep: one row per point and bit error rate

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from qfi_cli.config import RunConfig
 from qfi_cli.errors import QfiError, first_line
@@ -220,14 +220,28 @@ def compositions(args: list[str]) -> list[dict[str, Any]]:
     return configs
 
 
-def check_overrides(args: list[str]) -> list[dict[str, Any]]:
+def check_overrides(args: list[str], rules: Optional[Callable[[RunConfig], None]] = None) -> list[dict[str, Any]]:
     """Raise a one-line QfiError unless the overrides in ``args`` parse, compose and read into a valid config, for
-    every value of every swept key (``compositions``). Returns the compositions, the first one first."""
+    every value of every swept key (``compositions``), that ``rules`` accepts (the CLI passes the commands'
+    cross-field rules, ``qfi_cli.commands.check``). Returns the compositions, the first one first."""
     configs = compositions(args)
     for composed in configs:
-        RunConfig.from_dict(composed)
+        cfg = RunConfig.from_dict(composed)
+        if rules is not None:
+            rules(cfg)
         check_targets(composed)
     return configs
+
+
+def hydra_setting(args: list[str], key: str) -> str:
+    """A Hydra setting (``hydra.sweep.dir``) as the first composition of ``args`` resolves it now."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    swept = [a for a in first_values(args) if not a.startswith("-")]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=swept, return_hydra_config=True)
+    return str(OmegaConf.select(cfg, key))
 
 
 def fixed_settings(configs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -96,26 +96,14 @@ def load_trained(checkpoint: str | Path, device: torch.device, data_root: str | 
 
 
 def rates(cfg: RunConfig) -> list[tuple[float | None, int | None]]:
-    """The (ber, count) levels one job evaluates, ascending: ``eval.bers`` or ``fault.ber``; ``fault.count`` for
-    ``bitflip_count``; for ``replay`` the file's rates (those ``eval.bers`` / ``fault.ber`` pick); one level
-    without a rate for ``profile``."""
-    fault = cfg.fault
-    source = fault.fault_model.source
-    if source == "profile":
-        if cfg.eval.bers:
-            raise QfiError("eval.bers does not apply to fault=profile (its rates come from the map in fault.file)")
-        return [(None, None)]
-    if source == "replay":
-        from qfi_cli.faults.replay import read_fault_file
+    """The (ber, count) levels one job evaluates, ascending, as the fault source says (``FaultSource.levels``):
+    ``eval.bers`` or ``fault.ber`` at a rate; ``fault.count`` for ``bitflip_count``; for ``replay`` the file's
+    rates (those ``eval.bers`` / ``fault.ber`` pick); one level without a rate for ``profile``.
 
-        saved = read_fault_file(fault.file)
-        wanted = cfg.eval.bers or ([fault.ber] if fault.ber is not None else None)
-        return saved.levels if wanted is None else [saved.levels[saved.level_of(b, None)] for b in sorted(set(wanted))]
-    if fault.fault_model.counted:
-        if cfg.eval.bers:
-            raise QfiError("eval.bers does not apply to fault.model=bitflip_count (it flips fault.count bits)")
-        return [(None, fault.count)]
-    return [(b, None) for b in sorted(set(cfg.eval.bers or [fault.ber]))]
+    >>> rates(RunConfig.from_dict({"eval": {"bers": [0.01, 0.001]}}))
+    [(0.001, None), (0.01, None)]
+    """
+    return cfg.fault.source.levels(cfg)
 
 
 @dataclass
@@ -180,11 +168,8 @@ def result_record(cfg: RunConfig, stats: TrialStats, injector: FaultInjector, mo
     """The results.json record of one rate (what ``inject_eval`` returns per rate)."""
     saved, fault = ckpt["config"], cfg.fault
     summary = stats.summary()
-    shown_ber = ber
-    if ber is None and fault.fault_model.source == "profile":
-        shown_ber = injector.source.mean_rate  # the map's expected fraction of faulty bits: its place on a p axis
     return {
-        "ber": shown_ber, "count": count, "trials": len(stats.accuracies), "seed": saved.get("seed"),
+        "ber": injector.source.shown_ber(ber), "count": count, "trials": len(stats.accuracies), "seed": saved.get("seed"),
         "fault_seed": fault_seed,
         "clean_accuracy": _fraction(clean_correct),
         "accuracy_mean": summary["accuracy_mean"], "accuracy_std": summary["accuracy_std"],
@@ -223,10 +208,10 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     cfg = RunConfig.from_dict(cfg)
     reporter = reporter or Reporter()
     start = time.perf_counter()
+    cfg.fault.check_run(cfg, "inject_eval")  # the pre-check's rules, for a config made for another command
+    if save_faults is not None:
+        cfg.fault.check_recordable()
     fault, trials, levels, fault_seed = cfg.fault, cfg.eval.trials, rates(cfg), cfg.eval.fault_seed
-    if save_faults is not None and (fault.target != "weights" or fault.persistence != "trial"):
-        raise QfiError("--save-faults records per-trial weight faults: it needs fault.target=weights and "
-                       "fault.persistence=trial")
     device = resolve_device(cfg.device)
     model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
     batch_size, limit = cfg.eval.batch_size, cfg.eval.limit
@@ -234,8 +219,7 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     with FaultInjector(model, fault, seed=fault_seed) as injector:
         if fault.target != "activations" and injector.exposed_weight_bits() == 0:
             raise QfiError("no weight bits are exposed to faults (check fault.layers, fault.bits and fault.protect)")
-        if fault.fault_model.source == "replay":  # the file's trials and fault seed
-            trials, fault_seed = injector.source.trials, injector.source.meta.get("fault_seed", fault_seed)
+        trials, fault_seed = injector.source.plan(trials, fault_seed)  # a replay: the file's
         recorder = None
         if save_faults is not None:
             from qfi_cli.faults.replay import FaultRecorder

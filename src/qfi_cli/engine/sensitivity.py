@@ -17,6 +17,7 @@ bits out of the pattern drawn without it, so every point of the curve meets the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,8 +30,8 @@ from qfi_cli.engine.evaluate import TrialStats, load_trained, rates, result_reco
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultInjector
 from qfi_cli.faults.bits import resolve_bits
-from qfi_cli.faults.injector import exact, protect_cells
-from qfi_cli.faults.models import FaultConfig, ProtectRule
+from qfi_cli.faults.config import FaultConfig
+from qfi_cli.faults.selection import ProtectRule, exact, protect_cells
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, weight_bits_total
 
@@ -113,13 +114,7 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     cfg = RunConfig.from_dict(cfg)
     reporter = reporter or Reporter()
     fault = cfg.fault
-    if fault.fault_model.source != "sampler":
-        raise QfiError(f"sensitivity draws its own faults per cell: fault.model must be bitflip, stuck_at_0, "
-                       f"stuck_at_1 or bitflip_count, not {fault.model}")
-    if fault.target != "weights":
-        raise QfiError("sensitivity maps stored weight bits: set fault.target=weights")
-    if cfg.sensitivity.budget and fault.fault_model.counted:
-        raise QfiError("the protection budget measures the whole model at a rate: give --ber, not --count")
+    fault.check_run(cfg, "sensitivity")  # the pre-check's rules, for a config made for another command
     levels = rates(cfg)
     device = resolve_device(cfg.device)
     model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
@@ -132,28 +127,10 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
         clean_accuracy = int(clean_correct.sum()) / clean_correct.numel()
         clean_error = int((~clean_correct).sum()) / clean_correct.numel()  # exactly what a fault-free trial gives
 
-        def measure(config: FaultConfig, ber: float | None, count: int | None, advance: Callable,
-                    label: str) -> tuple[TrialStats, int]:
-            with FaultInjector(model, config, seed=seed) as injector:
-                exposed = injector.exposed_weight_bits()
-                if exposed == 0:
-                    advance(trials, f"{label}protected")
-                    return _clean_stats(trials, clean_accuracy, clean_error), 0
-                if count is not None and count > exposed:
-                    raise QfiError(f"--count {count} exceeds the {exposed} bits of {label.strip()}: give a smaller "
-                                   "count or a rate (--ber)")
-                return run_trials(model, data, injector, range(trials), clean, batch_size, limit, ber,
-                                  count, advance=advance, label=label), exposed
-
+        measure = functools.partial(_measure, model, data, cfg, clean)
         for ber, count in levels:
             start = time.perf_counter()
-            with FaultInjector(model, fault, seed=seed) as injector:
-                plan = [(name, m, resolve_bits(fault.bits, m.wbits) or list(range(m.wbits)))
-                        for name, m in injector.layers]
-                exposed0 = injector.exposed_weight_bits()
-            if exposed0 == 0:
-                raise QfiError("no weight bits are exposed to faults (check fault.layers, fault.bits and "
-                               "fault.protect)")
+            plan, exposed0 = _plan(model, fault, seed)
             n_cells = sum(len(bits) for *_, bits in plan)
             steps = 1 + n_cells + ((n_cells + len(plan) + 1) if cfg.sensitivity.budget else 0)
             with reporter.task("sensitivity", total=steps * trials) as advance:
@@ -161,12 +138,7 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
                 with FaultInjector(model, fault, seed=seed) as injector:
                     whole = result_record(cfg, whole_stats, injector, model, ckpt, checkpoint, clean_correct, ber,
                                           count, seed, device, 0.0)
-                cells = []
-                for name, m, bits in plan:
-                    for bit in reversed(bits):  # MSB first
-                        config = dataclasses.replace(fault, layers=[exact(name)], bits=[bit])
-                        stats, exposed = measure(config, ber, count, advance, f"{name} bit {bit} ")
-                        cells.append(Cell(name, bit, m.wbits, exposed, stats if exposed else None))
+                cells = _cells(plan, fault, lambda config, label: measure(config, ber, count, advance, label))
                 result = SensitivityResult(ber, count, trials, clean_accuracy, clean_error, cells,
                                            [(n, m.weight.numel(), m.wbits) for n, m, _ in plan], whole,
                                            {n: (m.frozen_encoding or m.quantize_weight_clean()[1]).float_format
@@ -182,6 +154,46 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
             if on_result is not None:
                 on_result(result)
     return results
+
+
+def _measure(model: Any, data: Any, cfg: RunConfig, clean: tuple[Any, int], config: FaultConfig, ber: float | None,
+             count: int | None, advance: Callable, label: str) -> tuple[TrialStats, int]:
+    """Trials of the model under ``config`` at ``ber`` / ``count`` (the clean result where no bit is exposed), and
+    the bits exposed."""
+    trials, correct = cfg.eval.trials, clean[0]
+    with FaultInjector(model, config, seed=cfg.eval.fault_seed) as injector:
+        exposed = injector.exposed_weight_bits()
+        if exposed == 0:
+            advance(trials, f"{label}protected")
+            return _clean_stats(trials, int(correct.sum()) / correct.numel(),
+                                int((~correct).sum()) / correct.numel()), 0
+        if count is not None and count > exposed:
+            raise QfiError(f"--count {count} exceeds the {exposed} bits of {label.strip()}: give a smaller "
+                           "count or a rate (--ber)")
+        return run_trials(model, data, injector, range(trials), clean, cfg.eval.batch_size, cfg.eval.limit, ber,
+                          count, advance=advance, label=label), exposed
+
+
+def _plan(model: Any, fault: FaultConfig, seed: int) -> tuple[list[tuple[str, Any, list[int]]], int]:
+    """The selected layers with the bit positions of their cells, and the weight bits exposed in all."""
+    with FaultInjector(model, fault, seed=seed) as injector:
+        plan = [(name, m, resolve_bits(fault.bits, m.wbits) or list(range(m.wbits))) for name, m in injector.layers]
+        exposed = injector.exposed_weight_bits()
+    if exposed == 0:
+        raise QfiError("no weight bits are exposed to faults (check fault.layers, fault.bits and fault.protect)")
+    return plan, exposed
+
+
+def _cells(plan: list[tuple[str, Any, list[int]]], fault: FaultConfig,
+           measure: Callable[[FaultConfig, str], tuple[TrialStats, int]]) -> list[Cell]:
+    """Every cell of the plan measured (MSB first per layer): the fault config restricted to that layer and bit."""
+    cells = []
+    for name, m, bits in plan:
+        for bit in reversed(bits):
+            config = dataclasses.replace(fault, layers=[exact(name)], bits=[bit])
+            stats, exposed = measure(config, f"{name} bit {bit} ")
+            cells.append(Cell(name, bit, m.wbits, exposed, stats if exposed else None))
+    return cells
 
 
 def _budget(result: SensitivityResult, fault: FaultConfig, exposed0: int, stored: int, whole: TrialStats,

@@ -36,7 +36,7 @@ from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultConfig, FaultInjector
 from qfi_cli.faults.search import Masks, adversarial_flips, flipped
 from qfi_cli.io import load_checkpoint, save_checkpoint, write_json
-from qfi_cli.layout import LAST, METRICS, MODEL
+from qfi_cli.layout import LAST_CHECKPOINT, METRICS, MODEL
 from qfi_cli.loggers import make_logger, scalars
 from qfi_cli.optim import SAM
 from qfi_cli.optim.sam import frozen_bn_stats
@@ -55,12 +55,10 @@ def _scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
 
 
 def _training_injectors(cfg: RunConfig, model: torch.nn.Module) -> tuple[FaultInjector | None, FaultInjector | None]:
-    """(injector of ``fault.enable_in_training``, RandBET's injector): at most one of them."""
+    """(injector of ``fault.enable_in_training``, RandBET's injector): at most one of them (``qfi_cli.commands.train
+    .check`` refuses both in the pre-check)."""
     faulty = cfg.fault.enable_in_training
     bet = cfg.train.bet.mode == "random"
-    if faulty and cfg.train.bet.mode != "none":
-        raise QfiError(f"fault.enable_in_training=true and train.bet.mode={cfg.train.bet.mode} both inject faults "
-                       "during training: use one (bit error training adds a faulty loss to the clean one)")
     if faulty:
         injector = FaultInjector(model, cfg.fault, seed=cfg.seed)
         if cfg.sam.rho > 0:
@@ -259,7 +257,7 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
 
     start_epoch, history, prior_seconds = 0, [], 0.0
     if resume:
-        state = load_checkpoint(out_dir / LAST, map_location=device, trust=cfg.trust())
+        state = load_checkpoint(out_dir / LAST_CHECKPOINT, map_location=device, trust=cfg.trust())
         model.load_state_dict(state["state_dict"])
         base.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -302,8 +300,8 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
                                 "train_accuracy": float(correct) / seen, "test_accuracy": test_acc})
                 tracker.log_metrics(scalars({k: v for k, v in history[-1].items() if k != "epoch"}), step=epoch + 1)
                 advance(0, f"epoch {epoch + 1}/{epochs} loss {train_loss:.4f} test acc {test_acc:.4f}")
-                save_checkpoint(out_dir / LAST, model.state_dict(), cfg.as_dict(), epoch=epoch + 1, history=history,
-                                optimizer=base.state_dict(), scheduler=scheduler.state_dict(),
+                save_checkpoint(out_dir / LAST_CHECKPOINT, model.state_dict(), cfg.as_dict(), epoch=epoch + 1,
+                                history=history, optimizer=base.state_dict(), scheduler=scheduler.state_dict(),
                                 generator=generator.get_state(), torch_rng=torch.get_rng_state(),
                                 seconds=prior_seconds + time.perf_counter() - start_time, **faults.state())
         faults.detach()

@@ -1,6 +1,7 @@
-"""Fault injection: exact bit-error sampling on integer codes, fault models, and the FaultInjector."""
+"""Fault injection: exact bit-error sampling on integer codes, fault sources by name, and the FaultInjector."""
 
+from qfi_cli.faults.config import FaultConfig
 from qfi_cli.faults.injector import FaultInjector
-from qfi_cli.faults.models import FAULT_MODELS, FaultConfig, FaultModel
+from qfi_cli.faults.sources import FAULT_MODELS, FaultSource
 
-__all__ = ["FAULT_MODELS", "FaultConfig", "FaultInjector", "FaultModel"]
+__all__ = ["FAULT_MODELS", "FaultConfig", "FaultInjector", "FaultSource"]

@@ -11,13 +11,14 @@ both:
   corrupts a copy of the quantized tensor and returns ``x_faulted.detach() + (x_q - x_q.detach())``: the forward sees
   the faults, the backward the gradient of the clean quantized value (the seed's rule 1).
 
-Patterns come from ``qfi_cli.faults.sampler``: trial ``t``'s weight pattern at a rate comes from one stream over
-the exposed bits of all selected layers laid end to end (one sampler call per trial), depends only on (seed, t,
-draw), those layers' sizes and the rate, and is nested across rates (activations: one stream per layer);
+Patterns come from the fault source ``fault.model`` names (``qfi_cli.faults.sources``: one class per source, bound
+to the model's layers when the injector is made; the injector asks it for one layer's faults at the stream in use).
+At a rate, trial ``t``'s weight pattern comes from one stream over the exposed bits of all selected layers laid end
+to end, depends only on (seed, t, draw), those layers' sizes and the rate, and is nested across rates;
 ``step(k)`` gives training step ``k`` its own pattern (reproducible from (seed, k)), the same for every forward
-inside it (both passes of a SAM step). The bits of an entry are its stored
-pattern as its ``Encoding`` says (two's-complement or unsigned integer codes, or IEEE float bits). ``fault=replay``
-and ``fault=profile`` take their faulty bits from a file instead (``qfi_cli.faults.replay``, ``.profile``).
+inside it (both passes of a SAM step). The bits of an entry are its stored pattern as its ``Encoding`` says
+(two's-complement or unsigned integer codes, or IEEE float bits). Which layers and bits are exposed is
+``qfi_cli.faults.selection``.
 
 Protection (``fault.protect``): protected weight bits never fail and are not exposed. At a rate, the pattern is
 drawn as without protection and the protected bits are then left out, so runs that differ only in protection meet
@@ -26,32 +27,24 @@ the same faults elsewhere (paired); with ``fault.count`` the count is drawn amon
 
 from __future__ import annotations
 
-import fnmatch
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.faults.bits import n_exposed_bits, positions_to_masks_np, resolve_bits
+from qfi_cli.faults.config import FaultConfig
 from qfi_cli.faults.flips import writable, write_masked, write_masked_np
-from qfi_cli.faults.models import FaultConfig, ProtectRule
-from qfi_cli.faults.profile import read_profile
-from qfi_cli.faults.sampler import NestedBitSampler, sample_fixed_count, stream_key
+from qfi_cli.faults.selection import allowed_mask, select_layers
+from qfi_cli.faults.sources.base import ACT, TRAIN, At, NpMasks
 from qfi_cli.quant.encoding import Encoding
 from qfi_cli.quant.layers import QuantizedLayerMixin, quantized_layers
 
 _POPCOUNT8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 _POPCOUNT8_ON: dict[torch.device, torch.Tensor] = {}
-ACT = ":act"  # suffix of an activation stream's layer key
-WEIGHTS = "<weights>"  # key of a trial's one stream for the weight bits of all selected layers together
-TRAIN = "@train"  # suffix of a training step's layer key (keeps training patterns apart from evaluation trials)
 Masks = list[tuple[str, torch.Tensor]]  # (mode, mask) pairs, each mask aligned with one code index tensor
-NpMasks = list[tuple[str, np.ndarray]]  # the same, as numpy arrays
-_NO_ENTRIES = np.zeros(0, dtype=np.int64)
-_NO_ENTRIES.flags.writeable = False
 Recorder = Callable[[str, torch.Tensor, Masks, int], None]  # (layer key, code index, masks, bits)
 
 
@@ -70,29 +63,6 @@ def popcount(u: torch.Tensor, bits: int) -> int:
     for shift in range(8, bits, 8):
         total += table[(u >> shift) & 255].sum()
     return int(total)
-
-
-def merge_faults(parts: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, Masks]:
-    """Faults given per mode as ``(mode, code index, mask)`` on one code index: ``(index, [(mode, mask)])`` with
-    every mask aligned to ``index`` (sorted, distinct; 0 where a mode has no fault).
-
-    >>> index, masks = merge_faults([("flip", torch.tensor([1, 4]), torch.tensor([1, 2])),
-    ...                              ("stuck1", torch.tensor([4, 6]), torch.tensor([8, 8]))])
-    >>> index.tolist(), [(m, v.tolist()) for m, v in masks]
-    ([1, 4, 6], [('flip', [1, 2, 0]), ('stuck1', [0, 8, 8])])
-    """
-    parts = [p for p in parts if p[1].numel()]
-    if not parts:
-        return torch.zeros(0, dtype=torch.int64), []
-    if len(parts) == 1:
-        return parts[0][1], [(parts[0][0], parts[0][2])]
-    index = torch.unique(torch.cat([p[1] for p in parts]))
-    masks = []
-    for mode, idx, mask in parts:
-        aligned = torch.zeros_like(index)
-        aligned[torch.searchsorted(index, idx)] = mask
-        masks.append((mode, aligned))
-    return index, masks
 
 
 def _popcount_np(u: np.ndarray, bits: int) -> int:
@@ -133,31 +103,13 @@ class FaultInjector:
         self.training_step: int | None = None
         self._forwards = 0
         self._hold = False
-        self._samplers: dict[tuple, NestedBitSampler] = {}
-        self._split: dict[tuple, dict[str, np.ndarray]] = {}  # (trial, draw, ber) -> layer -> its weight bits
-        self._layout: tuple[list[str], np.ndarray] | None = None
         self._targets: dict[str, tuple[torch.Tensor, torch.Tensor | np.ndarray]] = {}  # see _frozen_target
-        self._counted: dict[tuple, dict[str, np.ndarray]] = {}
-        self._count_samplers: dict[tuple, dict[str, NestedBitSampler]] = {}
         self.flips: dict[str, int] = {}
         self.recorder: Recorder | None = None  # called with every trial's faulty entries (``--save-faults``)
         everything = quantized_layers(model)
-        self.layers = [(n, m) for n, m in everything if self._selected(n)]
-        if self.config.layers is not None and not self.layers:
-            names = ", ".join(n for n, _ in everything)
-            raise QfiError(f"fault.layers {self.config.layers} match no quantized layer; layers are: {names}")
-        for rule in self.config.protect:
-            if rule.layers is not None and not any(_matches(n, rule.layers) for n, _ in everything):
-                names = ", ".join(n for n, _ in everything)
-                raise QfiError(f"fault.protect layers {rule.layers} match no quantized layer; layers are: {names}")
+        self.layers = select_layers(everything, self.config.layers, self.config.protect)
         self._allowed_cache: dict[tuple[str, int], int] = {}
-        self.source = None  # the file a replay / profile model reads its faults from
-        if self.config.fault_model.source == "replay":
-            from qfi_cli.faults.replay import read_fault_file
-
-            self.source = read_fault_file(self.config.file).bind(everything)
-        elif self.config.fault_model.source == "profile":
-            self.source = read_profile(self.config.file).bind(everything, self.config.file)
+        self.source = self.config.source.bind(self, everything)  # draws the faults (``faults.sources``)
         self._hook = None
         self.attached = False
         self.attach()
@@ -165,9 +117,6 @@ class FaultInjector:
     @property
     def enable_in_training(self) -> bool:
         return self.config.enable_in_training
-
-    def _selected(self, name: str) -> bool:
-        return self.config.layers is None or _matches(name, self.config.layers)
 
     @property
     def _targets_weights(self) -> bool:
@@ -295,10 +244,7 @@ class FaultInjector:
             self._hold = False
 
     def _forget_patterns(self) -> None:
-        self._samplers.clear()
-        self._split.clear()
-        self._counted.clear()
-        self._count_samplers.clear()
+        self.source.forget()
 
     def _count_forward(self, *_: object) -> None:
         if not self._hold:
@@ -315,30 +261,13 @@ class FaultInjector:
             self._hold = False
 
     # -- sampling ---------------------------------------------------------------------------------------------
-    def _bit_positions(self, bits: int) -> list[int] | None:
-        """The bit positions ``fault.bits`` selects in ``bits``-wide codes (None: all)."""
-        return resolve_bits(self.config.bits, bits, "fault.bits")
-
     def allowed_mask(self, name: str, bits: int) -> int:
         """The bits of layer ``name``'s ``bits``-wide weight codes that may fail, as a mask: those ``fault.bits``
-        selects, less those ``fault.protect`` protects."""
+        selects, less those ``fault.protect`` protects (``faults.selection.allowed_mask``)."""
         key = (name, bits)
         if key not in self._allowed_cache:
-            chosen = self._bit_positions(bits)
-            mask = (1 << bits) - 1 if chosen is None else sum(1 << b for b in chosen)
-            for rule in self.config.protect:
-                if rule.layers is None or _matches(name, rule.layers):
-                    protected = resolve_bits(rule.bits, bits, "fault.protect bits")
-                    mask &= 0 if protected is None else ~sum(1 << b for b in protected)
-            self._allowed_cache[key] = mask
+            self._allowed_cache[key] = allowed_mask(self.config.bits, self.config.protect, name, bits)
         return self._allowed_cache[key]
-
-    def _enumerated(self, name: str, bits: int, is_activation: bool) -> list[int] | None:
-        """The bit positions a sampler enumerates: ``fault.bits``; for a count, without the protected ones."""
-        if is_activation or not self.config.fault_model.counted or not self.config.protect:
-            return self._bit_positions(bits)
-        allowed = self.allowed_mask(name, bits)
-        return None if allowed == (1 << bits) - 1 else [b for b in range(bits) if allowed >> b & 1]
 
     def _stream(self, name: str, is_activation: bool) -> tuple[int, str, int]:
         """(trial or step, layer key, draw) of the stream that a layer's faults come from now."""
@@ -348,73 +277,10 @@ class FaultInjector:
         per_forward = is_activation or self.config.persistence == "forward"
         return self.trial_index, key, self._forwards if per_forward else 0
 
-    def _positions(self, name: str, n_bits: int, is_activation: bool) -> np.ndarray:
-        trial, key, draw = self._stream(name, is_activation)
-        if self.config.fault_model.counted:
-            return self._counted_positions(trial, draw).get(name, np.empty(0, np.int64))
-        if not is_activation:
-            return self._weight_positions(trial, draw)[name]
-        sampler = self._samplers.get((trial, key, draw))
-        if sampler is None or sampler.n_bits != n_bits:
-            sampler = self._samplers[(trial, key, draw)] = NestedBitSampler(
-                n_bits, stream_key(self.seed, trial, key, draw))
-        return sampler.positions(self.ber)
-
-    def _weight_layout(self) -> tuple[list[str], np.ndarray]:
-        """The selected layers' exposed weight bits laid end to end, in layer order: (names, offsets), layer
-        ``i`` owning the bits ``offsets[i] <= b < offsets[i + 1]`` of the trial's one weight stream."""
-        if self._layout is None:
-            sizes = [_n_exposed(m.weight.numel(), m.wbits, self._enumerated(n, m.wbits, False)) for n, m in self.layers]
-            self._layout = [n for n, _ in self.layers], np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
-        return self._layout
-
-    def _weight_positions(self, trial: int, draw: int) -> dict[str, np.ndarray]:
-        """Every selected layer's faulty weight bits at the current rate (positions within the layer).
-
-        One stream per (seed, trial or step, draw) covers the exposed bits of all selected layers end to end
-        (``_weight_layout``): one sampler call per trial however many layers, each bit still faulty with
-        probability exactly ``ber``, independently, and nested across rates."""
-        hit = self._split.get((trial, draw, self.ber))
-        if hit is None:
-            names, offsets = self._weight_layout()
-            key = WEIGHTS + (TRAIN if self.training_step is not None else "")
-            sampler = self._samplers.get((trial, key, draw))
-            if sampler is None:
-                sampler = self._samplers[(trial, key, draw)] = NestedBitSampler(
-                    int(offsets[-1]), stream_key(self.seed, trial, key, draw))
-            pos = sampler.positions(self.ber)
-            cuts = np.searchsorted(pos, offsets).tolist()
-            hit = self._split[(trial, draw, self.ber)] = {
-                name: pos[cuts[i]:cuts[i + 1]] - offsets[i] for i, name in enumerate(names)}
-        return hit
-
-    def _counted_positions(self, trial: int, draw: int) -> dict[str, np.ndarray]:
-        """``count`` faulty bits over all selected layers' weights together (nested across counts)."""
-        if (trial, draw, self.count) not in self._counted:
-            sizes = {n: _n_exposed(m.weight.numel(), m.wbits, self._enumerated(n, m.wbits, False))
-                     for n, m in self.layers}
-            total = sum(sizes.values())
-            if self.count > total:
-                raise QfiError(f"fault.count={self.count} exceeds the {total} exposed weight bits")
-            suffix = TRAIN if self.training_step is not None else ""
-            cache = self._count_samplers.setdefault((trial, draw), {})  # per layer: reused across counts
-            self._counted[(trial, draw, self.count)] = sample_fixed_count(
-                sizes, self.count, lambda n: stream_key(self.seed, trial, n + suffix, draw), cache)
-        return self._counted[(trial, draw, self.count)]
-
     def _faults(self, name: str, n_codes: int, bits: int, is_activation: bool) -> tuple[np.ndarray, NpMasks]:
         """This layer's faulty entries now: ``(code index, [(mode, mask)])`` as int64 numpy arrays (the few
-        entries a trial touches), protected bits left out."""
-        if self.source is not None:
-            index, masks = merge_faults(self.source.faults(name, self, *self._stream(name, is_activation)))
-            index, masks = index.cpu().numpy(), [(mode, mask.cpu().numpy()) for mode, mask in masks]
-        else:
-            chosen = self._enumerated(name, bits, is_activation)
-            n_bits = _n_exposed(n_codes, bits, chosen)
-            if n_bits == 0:
-                return _NO_ENTRIES, []
-            index, mask = positions_to_masks_np(self._positions(name, n_bits, is_activation), bits, chosen)
-            masks = [(self.config.fault_model.mode, mask)]
+        entries a trial touches) from the source, protected bits left out."""
+        index, masks = self.source.faults(At(name, n_codes, bits, is_activation, *self._stream(name, is_activation)))
         allowed = (1 << bits) - 1 if is_activation else self.allowed_mask(name, bits)
         if masks and allowed != (1 << bits) - 1:  # leave out what fault.bits / fault.protect exclude
             masks = [(mode, mask & allowed) for mode, mask in masks]
@@ -459,30 +325,3 @@ class FaultInjector:
     def flips_total(self, activations: bool = False) -> int:
         """Bits changed since ``set_trial`` / ``trial`` / ``step`` (weights only unless ``activations``)."""
         return sum(v for k, v in self.flips.items() if activations or not k.endswith(ACT))
-
-
-def _matches(name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _n_exposed(n_codes: int, bits: int, chosen: list[int] | None) -> int:
-    """``n_exposed_bits`` that allows an empty selection (every bit of the layer protected: 0)."""
-    return 0 if chosen == [] else n_exposed_bits(n_codes, bits, chosen)
-
-
-def protect_cells(cells: Sequence[tuple[str, int | None]]) -> list[ProtectRule]:
-    """Protection rules for exact layer names (``bit`` None: the whole layer), names escaped for fnmatch.
-
-    >>> protect_cells([("conv1", 7), ("fc[0]", None)])
-    [ProtectRule(layers=['conv1'], bits=[7]), ProtectRule(layers=['fc[[]0]'], bits=None)]
-    """
-    return [ProtectRule(layers=[exact(name)], bits=None if bit is None else [bit]).validated() for name, bit in cells]
-
-
-def exact(name: str) -> str:
-    """An fnmatch pattern that matches exactly ``name``.
-
-    >>> exact("layer1.0.conv1"), exact("a*[b]")
-    ('layer1.0.conv1', 'a[*][[]b]')
-    """
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)

@@ -1,5 +1,6 @@
 """Attack results in reports: one attack's curve (``attack_curve.png``), and a sweep's attack.json points as rows,
-a study table column group (flips to target per configuration) and ``attacks.csv``.
+a study table column group (flips to target per configuration) and ``attacks.csv``: the report section
+``attack`` (``report.sections``), registered here.
 
 ``collect_attacks(sweep_dir)`` reads every attack.json (hidden directories and ``models/`` skipped) into a row:
 the point's swept values, ``clean_accuracy``, ``status``, ``error``, ``dir``, and private ``_`` keys (flips to
@@ -33,6 +34,7 @@ from qfi_cli.report.collect import (SEED_KEY, SHARPNESS, config_order, factors, 
                                     stored_label, swept_keys)
 from qfi_cli.report.fields import Invalid, integer, number, one_line, show
 from qfi_cli.report.format import Column, pct, write_csv
+from qfi_cli.report.sections import Section, register_section
 from qfi_cli.report.study import Config, Estimate, Study
 from qfi_cli.stats import describe_ci, describe_seed_range, seed_range
 
@@ -288,5 +290,8 @@ def plot_attack_curve(result: dict[str, Any], path: str | Path | None = None) ->
     return atomic_write(Path(path or ATTACK_CURVE), lambda f: fig.savefig(f, format="png", dpi=150))
 
 
-__all__ = ["ATTACK_COLUMNS", "attack_columns", "attack_figure", "collect_attacks", "flips_estimate",
+SECTION = register_section(Section("attack", ATTACK, ATTACKS_CSV, collect=collect_attacks, write=write_attacks,
+                                   render=render_attacks, columns=attack_columns, study=True))
+
+__all__ = ["ATTACK_COLUMNS", "SECTION", "attack_columns", "attack_figure", "collect_attacks", "flips_estimate",
            "plot_attack_curve", "render_attacks", "write_attacks"]

@@ -25,9 +25,10 @@ from typing import Any, Iterable
 
 from qfi_cli.errors import QfiError
 from qfi_cli.io import read_json
-from qfi_cli.layout import ATTACK, MODELS_DIR, RESULTS
+from qfi_cli.layout import MODELS_DIR, RESULTS
 from qfi_cli.quant.convert import widths_label
 from qfi_cli.report.fields import Invalid, integer, is_number, number, one_line, show
+from qfi_cli.report.sections import result_names
 from qfi_cli.stats import describe_ci, mean_ci
 
 BER_KEY = "fault.ber"
@@ -99,8 +100,8 @@ def result_files(root: Path, name: str = RESULTS) -> list[Path]:
 
 
 def pending_points(sweep_dir: str | Path) -> list[str]:
-    """Point directories without a results.json (or attack.json): not run yet or interrupted (relative paths,
-    sorted).
+    """Point directories without a results.json (or a report section's file, attack.json): not run yet or
+    interrupted (relative paths, sorted).
 
     A point directory is one Hydra made (it holds ``.hydra/``) or an empty one; a point that evaluates several
     rates keeps them in subdirectories (``fault.ber=<p>/results.json``) and counts as pending only when none has
@@ -108,10 +109,11 @@ def pending_points(sweep_dir: str | Path) -> list[str]:
     """
     root = Path(sweep_dir)
     pending = []
+    finished = (RESULTS, *result_names())
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
-        if RESULTS in filenames or ATTACK in filenames:
+        if any(name in filenames for name in finished):
             dirnames[:] = []  # a finished point: whatever lies below belongs to it
             continue
         hydra_made = (here / ".hydra").is_dir()

@@ -2,8 +2,9 @@
 (Stutz et al.'s layout: one row per configuration) and ``paired.csv`` (one-factor paired differences).
 
 The study table is a list of column groups (``TABLE_GROUPS``): each is a function of the study returning its
-columns and the legend lines they need, so a new group (say flips-to-target from attack.json) is one function
-appended to the list. Table numbers are percentages (errors in %, differences in percentage points).
+columns and the legend lines they need, so a new group is one function appended to the list; a command's own
+group (flips to target from attack.json) comes with its report section (``report.sections``), the last member.
+Table numbers are percentages (errors in %, differences in percentage points).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any, Callable
 
 from qfi_cli.io import atomic_write
 from qfi_cli.layout import PAIRED, SUMMARY, TABLE_CSV, TABLE_MD
-from qfi_cli.report.attack import attack_columns
 from qfi_cli.report.collect import BASELINE_RECIPE, COLUMNS, RECIPE_KEY, collect, swept_keys
 from qfi_cli.report.format import MARK, Column, csv_p, fmt_p, interval, write_csv
+from qfi_cli.report.sections import section_columns
 from qfi_cli.report.study import Config, Pair, Study
 from qfi_cli.stats import describe_ci, describe_seed_range
 
@@ -164,7 +165,7 @@ def baseline_columns(study: Study) -> tuple[list[Column], list[str]]:
 
 
 TABLE_GROUPS: list[ColumnGroup] = [config_columns, seed_columns, clean_columns, rerr_columns, sharpness_columns,
-                                   baseline_columns, attack_columns]  # attack: flips to target from attack.json points
+                                   baseline_columns, section_columns]  # then each report section's (report.sections)
 
 
 def study_columns(study: Study, groups: list[ColumnGroup] | None = None) -> tuple[list[Column], list[str]]:
