@@ -34,6 +34,10 @@ MUTATIONS = [
      "        return drawn(self.mode, positions, at.bits, chosen)", "        return NO_ENTRIES, []"),
     ("conf/quant/minmax.yaml: wbits is no number", "conf/quant/minmax.yaml", "wbits: 8", "wbits: eight"),
     ("conf/model/resnet18.yaml is no YAML", "conf/model/resnet18.yaml", "small_input: true", "small_input: [true"),
+    ("layer table: the Linear row lost", "src/qfi_cli/quant/layers.py", "@quantizes(nn.Linear)",
+     "@quantizes(nn.Bilinear)"),
+    ("layer table: conv twin ignores stride", "src/qfi_cli/quant/layers.py", "kernel_size, stride=conv.stride,",
+     "kernel_size, stride=1,"),
 ]
 
 

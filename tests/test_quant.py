@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError
-from qfi_cli.quant import (AffineQuantizer, LSQQuantizer, MinMaxQuantizer, QuanConv2d, QuanLinear, RQuantizer,
-                           check_bits, code_range, float_encoding, frozen_weights, quantize_model, quantized_layers)
+from qfi_cli.quant import (QUANTIZERS, AffineQuantizer, LSQQuantizer, MinMaxQuantizer, QuanConv2d, QuanLinear,
+                           RQuantizer, check_bits, code_range, float_encoding, frozen_weights, quantize_model,
+                           quantized_layers)
 from tests.conftest import tiny_cnn
 
 
@@ -96,7 +97,15 @@ def test_affine_msb_flip_hand_computed():
 
 @pytest.mark.parametrize("kind", [RQuantizer, AffineQuantizer])
 def test_rquant_and_affine_are_per_layer(kind):
+    """The user's rule is written once (QuantConfig, from the class's PER_CHANNEL); the constructor keeps its own
+    invariant as a plain error."""
+    from qfi_cli.config import QuantConfig
+
+    name = {RQuantizer: "rquant", AffineQuantizer: "affine"}[kind]
+    assert kind.PER_CHANNEL is False and QUANTIZERS.get(name) is kind
     with pytest.raises(QfiError, match="per_channel=false"):
+        QuantConfig(name=name, per_channel=True).validated()
+    with pytest.raises(ValueError, match="no per-channel scales"):
         kind(per_channel=True)
 
 
@@ -248,3 +257,38 @@ def test_fake_quantize_equals_the_round_ste_composite_in_values_and_gradients(pe
     assert torch.equal(got, want)
     for a, b in zip(torch.autograd.grad(got, (x, s), up), torch.autograd.grad(want, (x, s), up)):
         assert torch.equal(a, b)
+
+
+def test_the_layer_mapping_is_one_table_by_exact_type():
+    """``quantize_model`` converts exactly the rows of QUANTIZED_TYPES (a subclass of a row is not converted), and a
+    new layer type is one entry plus its quantized class (Conv1d here, shaped as the next layer types will be)."""
+    from unittest import mock
+
+    from qfi_cli.quant import QUANTIZED_TYPES, quantizes
+    from qfi_cli.quant.layers import QuanConvMixin
+
+    assert QUANTIZED_TYPES == {nn.Conv2d: QuanConv2d, nn.Linear: QuanLinear}
+
+    class MyLinear(nn.Linear):
+        pass
+
+    with pytest.warns(UserWarning, match=r"stay float .*: 0 \(MyLinear\), 2 \(Conv1d\)"):
+        m = quantize_model(nn.Sequential(MyLinear(3, 3), nn.Linear(3, 2), nn.Conv1d(1, 2, 3)), first_last_bits=None)
+    assert [type(layer) for layer in m] == [MyLinear, QuanLinear, nn.Conv1d]
+    with mock.patch.dict(QUANTIZED_TYPES):
+        @quantizes(nn.Conv1d)
+        class QuanConv1d(QuanConvMixin, nn.Conv1d):
+            pass
+
+        with pytest.raises(ValueError, match="quantized twin already"):
+            quantizes(nn.Conv1d)(QuanConv1d)
+        torch.manual_seed(0)
+        float_conv = nn.Conv1d(2, 4, 3, padding=1)
+        x = torch.randn(5, 2, 7)
+        model = quantize_model(nn.Sequential(float_conv), "minmax", wbits=32, abits=32, first_last_bits=None)
+        assert isinstance(model[0], QuanConv1d) and model[0].wbits == 32
+        assert torch.equal(model(x), nn.functional.conv1d(x, float_conv.weight, float_conv.bias, padding=1))
+        q8 = quantize_model(nn.Sequential(nn.Conv1d(2, 4, 3)), "minmax", wbits=4, abits=8, first_last_bits=None)
+        with frozen_weights(q8):
+            assert q8[0].frozen_encoding.bits == 4
+    assert nn.Conv1d not in QUANTIZED_TYPES

@@ -17,7 +17,7 @@ from qfi_cli.loggers import LOGGERS, make_logger
 from qfi_cli.models import build_model, input_size, list_models
 from qfi_cli.optim import SAM
 from qfi_cli.paths import conf_dir
-from qfi_cli.quant import QUANTIZERS, calibrate, frozen_weights, quantize_model, quantized_layers
+from qfi_cli.quant import QUANTIZED_TYPES, QUANTIZERS, calibrate, frozen_weights, quantize_model, quantized_layers
 from qfi_cli.quant.quantizers import VALID_BITS
 from qfi_cli.validate import group_options
 
@@ -74,6 +74,32 @@ def test_every_quantizer_says_how_it_stores_what_it_quantized(name):
         codes = enc.codes(value)
         assert enc.bits == bits and lo <= int(codes.min()) and int(codes.max()) <= hi, (name, bits)
         assert torch.equal(enc.decode(enc.encode(value)), value), (name, bits)
+
+
+# one small float example per row of the layer table (a new row needs its example here, and the test covers it)
+LAYER_EXAMPLES = {
+    torch.nn.Conv2d: (lambda: torch.nn.Conv2d(2, 4, 3, stride=2, padding=1, dilation=2, groups=2), (2, 2, 9, 9)),
+    torch.nn.Linear: (lambda: torch.nn.Linear(6, 4), (3, 6)),
+}
+
+
+@pytest.mark.parametrize("float_type", list(QUANTIZED_TYPES), ids=lambda t: t.__name__)
+def test_every_row_of_the_layer_table_converts_computes_and_takes_faults(float_type):
+    """Each float type of QUANTIZED_TYPES becomes its twin, equals the float layer at 32 bits, quantizes at 4 bits
+    and takes weight faults through the frozen weights."""
+    make, shape = LAYER_EXAMPLES[float_type]
+    torch.manual_seed(0)
+    float_layer, x = make(), torch.randn(*shape)
+    model = quantize_model(torch.nn.Sequential(make()), "minmax", wbits=32, abits=32, first_last_bits=None)
+    model[0].load_state_dict(float_layer.state_dict())
+    assert type(model[0]) is QUANTIZED_TYPES[float_type] and torch.equal(model(x), float_layer(x))
+    model = quantize_model(torch.nn.Sequential(make()), "minmax", wbits=4, abits=8, first_last_bits=None).eval()
+    with FaultInjector(model, FaultConfig(ber=0.2)) as injector, frozen_weights(model):
+        assert model[0].frozen_encoding.bits == 4
+        clean = model(x)
+        with injector.trial(0):
+            assert not torch.equal(model(x), clean)
+        assert torch.equal(model(x), clean)
 
 
 def tiny() -> torch.nn.Module:

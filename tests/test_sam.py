@@ -28,15 +28,16 @@ def prepared(bits, batch, quantizer="lsq"):
 
 
 class CapturingSGD(torch.optim.SGD):
-    """Records the gradients it steps with, and whether any layer still held an epsilon then."""
+    """Records the gradients it steps with, and whether SAM still held an epsilon (or the weight a perturbation)."""
 
     def __init__(self, params, model, **kw):
         super().__init__(params, **kw)
-        self.model, self.grads, self.eps_at_step = model, None, None
+        self.model, self.grads, self.eps_at_step, self.sam = model, None, None, None
 
     def step(self, closure=None):
         self.grads = [p.grad.clone() for g in self.param_groups for p in g["params"]]
-        self.eps_at_step = [m.epsilon for _, m in quantized_layers(self.model)]
+        self.eps_at_step = [self.sam.epsilon(m) for _, m in quantized_layers(self.model)]
+        self.hooked_at_step = [len(m._weight_hooks) for _, m in quantized_layers(self.model)]
         return super().step(closure)
 
 
@@ -45,26 +46,38 @@ def loss_of(model, batch):
 
 
 def first_pass_grads(model, batch):
-    """Gradient of the loss w.r.t. each layer's quantized weight Q(w) at the current weights."""
+    """Gradient of the loss w.r.t. each layer's quantized weight Q(w) at the current weights (kept by a hook)."""
     model.zero_grad(set_to_none=True)
-    for _, m in quantized_layers(model):
-        m.keep_quantized = True
-        m.quantized_weights.clear()
+    kept = {}
+
+    def keep(layer, w_q):
+        w_q.retain_grad()
+        kept[layer] = w_q
+
+    handles = [m.register_quantized_hook(keep) for _, m in quantized_layers(model)]
     loss_of(model, batch)().backward()
-    return [m.quantized_weights[0].grad.clone() for _, m in quantized_layers(model)]
+    for h in handles:
+        h.remove()
+    return [kept[m].grad.clone() for _, m in quantized_layers(model)]
+
+
+def perturbed(model, eps):
+    """Hooks that add ``eps`` (one per quantized layer) to the weights the forward computes with."""
+    shift = {m: e for (_, m), e in zip(quantized_layers(model), eps)}
+    return [m.register_weight_hook(lambda layer, w: w + shift[layer]) for m in shift]
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_epsilon_global_norm_equals_rho(bits, batch):
     model = prepared(bits, batch)
     sam = SAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.07)
-    first_pass_grads(model, batch)
+    loss_of(model, batch)().backward()
     sam._set_epsilon()
-    eps = [m.epsilon for _, m in quantized_layers(model)]
+    eps = [sam.epsilon(m) for _, m in quantized_layers(model)]
     norm = torch.sqrt(sum((e**2).sum() for e in eps))
     assert norm.item() == pytest.approx(0.07, rel=RTOL)
     # one GLOBAL norm: each layer's epsilon is rho * g / ||g||_global, not per-layer normalised
-    grads = [m.quantized_weights[0].grad for _, m in quantized_layers(model)]
+    grads = [sam.kept(m)[0].grad for _, m in quantized_layers(model)]
     gnorm = torch.sqrt(sum((g**2).sum() for g in grads))
     for e, g in zip(eps, grads):
         torch.testing.assert_close(e, 0.07 * g / gnorm, rtol=RTOL, atol=0)
@@ -75,26 +88,29 @@ def test_asam_scaled_norm_equals_rho(batch):
     model = prepared(4, batch)
     eta = 0.01
     sam = SAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.5, adaptive=True, eta=eta)
-    first_pass_grads(model, batch)
+    loss_of(model, batch)().backward()
     sam._set_epsilon()
     # ASAM: eps = rho T^2 g / ||T g||, so ||eps / T|| = rho with T = |Q(w)| + eta
-    scaled = [m.epsilon / (m.quantized_weights[0].detach().abs() + eta) for _, m in quantized_layers(model)]
+    scaled = [sam.epsilon(m) / (sam.kept(m)[0].detach().abs() + eta) for _, m in quantized_layers(model)]
     assert torch.sqrt(sum((s**2).sum() for s in scaled)).item() == pytest.approx(0.5, rel=RTOL)
-    with pytest.raises(ValueError, match="eta > 0"):
-        SAM(model, torch.optim.SGD(model.parameters(), lr=0.1), adaptive=True, eta=0.0)
+    sam.clear()
 
 
 def test_no_epsilon_after_step_in_eval_or_state_dict(batch):
     model = prepared(4, batch)
     opt = CapturingSGD(model.parameters(), model, lr=0.1)
-    SAM(model, opt, rho=0.05).step(loss_of(model, batch))
+    sam = opt.sam = SAM(model, opt, rho=0.05)
+    sam.step(loss_of(model, batch))
     assert all(e is None for e in opt.eps_at_step), "epsilon must be gone before the base optimizer steps"
-    assert all(m.epsilon is None for _, m in quantized_layers(model))
+    assert opt.hooked_at_step == [0] * len(opt.hooked_at_step), "no perturbation hook left when the optimizer steps"
+    assert all(sam.epsilon(m) is None and not sam.kept(m) for _, m in quantized_layers(model))
     assert not any("epsilon" in k for k in model.state_dict())
+    assert all(set(vars(m)) == set(vars(r)) for (_, m), (_, r) in zip(quantized_layers(model),
+                                                                        quantized_layers(qmodel()))), \
+        "SAM writes no attribute onto a layer"
     model.eval()
     reference = copy.deepcopy(model)
-    for _, m in quantized_layers(reference):
-        m.epsilon = None
+    sam.remove()
     assert torch.equal(model(batch[0]), reference(batch[0]))
 
 
@@ -111,7 +127,7 @@ def test_epsilon_cleared_when_second_pass_raises(batch):
 
     with pytest.raises(RuntimeError):
         sam.step(flaky)
-    assert all(m.epsilon is None for _, m in quantized_layers(model))
+    assert all(sam.epsilon(m) is None and not m._weight_hooks for _, m in quantized_layers(model))
 
 
 @pytest.mark.parametrize("clip", [None, 1e-3])
@@ -119,15 +135,17 @@ def test_second_pass_gradient_is_gradient_at_perturbed_weights(clip, batch):
     model = prepared(4, batch)
     reference = copy.deepcopy(model)
     opt = CapturingSGD(model.parameters(), model, lr=0.1)
-    SAM(model, opt, rho=0.05, grad_clip=clip).step(loss_of(model, batch))
+    opt.sam = SAM(model, opt, rho=0.05, grad_clip=clip)
+    opt.sam.step(loss_of(model, batch))
 
     grads = first_pass_grads(reference, batch)
     gnorm = torch.sqrt(sum((g**2).sum() for g in grads))
-    for (_, m), g in zip(quantized_layers(reference), grads):
-        m.epsilon = 0.05 * g / gnorm
+    handles = perturbed(reference, [0.05 * g / gnorm for g in grads])
     reference.zero_grad(set_to_none=True)
     with frozen_bn_stats(reference):
         loss_of(reference, batch)().backward()
+    for h in handles:
+        h.remove()
     expected = [p.grad.clone() for p in reference.parameters()]
     if clip:
         total = torch.sqrt(sum((g**2).sum() for g in expected))
@@ -202,7 +220,7 @@ def test_quantized_sam_perturbs_quantized_weights_not_floats(batch):
     sam = SAM(model, torch.optim.SGD(model.parameters(), lr=0.0), rho=0.05)
 
     def spy():
-        seen.append([(m.quantize_weight().detach().clone(), m.epsilon) for _, m in quantized_layers(model)])
+        seen.append([(m.quantize_weight().detach().clone(), sam.epsilon(m)) for _, m in quantized_layers(model)])
         return loss_of(model, batch)()
 
     sam.step(spy)
@@ -224,7 +242,7 @@ def test_first_and_second_step_equal_step(batch):
     for _ in range(2):
         F.cross_entropy(a(batch[0]), batch[1]).backward()
         sam_a.first_step()
-        assert all(m.epsilon is not None for _, m in quantized_layers(a))
+        assert all(sam_a.epsilon(m) is not None for _, m in quantized_layers(a))
         F.cross_entropy(a(batch[0]), batch[1]).backward()
         sam_a.second_step()
         loss, out = sam_b.step(lambda: (F.cross_entropy(o := b(batch[0]), batch[1]), o))
@@ -247,5 +265,35 @@ def test_epsilon_follows_the_summed_gradient_of_several_forwards(batch):
     total = [a + b for a, b in zip(g1, g2)]
     norm = torch.sqrt(sum((g**2).sum() for g in total))
     for (_, m), g in zip(quantized_layers(model), total):
-        torch.testing.assert_close(m.epsilon, 0.05 * g / norm, rtol=RTOL, atol=1e-15)
+        torch.testing.assert_close(sam.epsilon(m), 0.05 * g / norm, rtol=RTOL, atol=1e-15)
     sam.clear()
+
+
+def test_sam_keeps_its_state_in_self_state_keyed_by_weight(batch):
+    """As davda54/sam: the kept Q(w) and epsilon live in ``sam.state[layer.weight]``; a copy of the model (its own
+    weights) is not tracked, and ``remove()`` detaches SAM's hooks."""
+    model = prepared(4, batch)
+    sam = SAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05)
+    twin = copy.deepcopy(model)
+    loss_of(model, batch)().backward()
+    loss_of(twin, batch)().backward()
+    layers = [m for _, m in quantized_layers(model)]
+    assert set(sam.state) == {m.weight for m in layers}
+    assert all(len(sam.state[m.weight]["quantized"]) == 1 for m in layers)
+    sam.first_step()
+    assert all(sam.state[m.weight]["epsilon"].shape == m.weight.shape for m in layers)
+    assert all("quantized" not in sam.state[m.weight] for m in layers)
+    sam.clear()
+    sam.remove()
+    assert all(not m._quantized_hooks and not m._weight_hooks for m in layers)
+
+
+def test_sam_trusts_the_typed_config():
+    """The rules on rho and eta are written once, in config.py (the pre-check), not repeated by SAM."""
+    from qfi_cli.config import SamConfig
+    from qfi_cli.errors import QfiError
+
+    with pytest.raises(QfiError, match="sam.eta must be > 0 with ASAM"):
+        SamConfig(adaptive=True, eta=0.0).validated()
+    with pytest.raises(QfiError, match="sam.rho must be >= 0"):
+        SamConfig(rho=-1.0).validated()

@@ -24,27 +24,25 @@ TINY = ["train.epochs=1", "train.limit=256", "model.width=4", "device=cpu", "eva
 
 
 class WeightRecorder:
-    """Records, at every forward of a QuanConv2d, which weight entries differ from the clean Q(w) by at least half a
-    quantization step (a bit error changes a code by >= 1 step; SAM's epsilon is far smaller). Uses only what every
-    qfi version has (``_conv_forward`` and the registered quantizer), so it runs against older code too."""
+    """Records, at every training forward of a QuanConv2d, which weight entries differ from the clean Q(w) by at least
+    half a quantization step (a bit error changes a code by >= 1 step). It reads the weight before the layer's
+    weight hooks (``_hooked_weight``'s argument), i.e. before SAM's epsilon, so the faults alone count."""
 
     def __init__(self, monkeypatch) -> None:
         self.seen: list[tuple[int, ...]] = []
-        original = QuanConv2d._conv_forward
+        original = QuanConv2d._hooked_weight
         recorder = self
 
-        def spy(layer, x, w, b):
+        def spy(layer, w):
             if layer.training:
-                eps = layer.epsilon if getattr(layer, "epsilon", None) is not None else 0
                 with torch.no_grad():
-                    q = layer._modules["quan_w_fn"]
-                    clean = q(layer.weight, layer.wbits)
+                    clean = layer.quan_w_fn(layer.weight, layer.wbits)
                     step = (clean - 0).abs()[clean != 0].min() if (clean != 0).any() else torch.tensor(1.0)
-                    changed = ((w.detach() - eps) - clean).abs() > step / 2
+                    changed = (w.detach() - clean).abs() > step / 2
                 recorder.seen.append(tuple(torch.nonzero(changed.flatten()).flatten().tolist()))
-            return original(layer, x, w, b)
+            return original(layer, w)
 
-        monkeypatch.setattr(QuanConv2d, "_conv_forward", spy)
+        monkeypatch.setattr(QuanConv2d, "_hooked_weight", spy)
 
 
 def test_training_draws_a_fresh_pattern_at_every_step(monkeypatch, tmp_path):

@@ -72,7 +72,7 @@ class QuantConfig:
             check_bits(self.abits, "activation bit width")
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, "quant.first_last_bits")
-        require(not (self.name in ("rquant", "affine") and self.per_channel),
+        require(not self.per_channel or QUANTIZERS.get(self.quantizer).PER_CHANNEL,
                 f"{self.name} quantizes per layer (one range, one zero point): set quant.per_channel=false")
         return self
 

@@ -83,14 +83,14 @@ def build_float_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset, in
 
 def build_quantized_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset, init: bool = True) -> nn.Module:
     """The quantized model that ``cfg.model`` and ``cfg.quant`` describe, for ``data``'s shapes: the float model
-    (:func:`build_float_model`) with every Conv2d / Linear quantized. ``init=False`` skips ``model.init`` (a
-    checkpoint's own weights replace them anyway)."""
+    (:func:`build_float_model`) with every layer of ``QUANTIZED_TYPES`` quantized. ``init=False`` skips
+    ``model.init`` (a checkpoint's own weights replace them anyway)."""
     cfg = RunConfig.from_dict(cfg)
     model = build_float_model(cfg, data, init)
     q = cfg.quant
     model = quantize_model(model, q.quantizer, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
                            first_last_bits=q.first_last_bits,
-                           max_abs=cfg.train.clip_weights if q.quantizer == "rquant" else None)
+                           max_abs=cfg.train.clip_weights)
     return model
 
 

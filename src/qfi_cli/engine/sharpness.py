@@ -24,13 +24,13 @@ from qfi_cli.quant import frozen_weights, quantized_layers
 @torch.no_grad()
 def _loss_at(model: nn.Module, layers: list, eps: list[torch.Tensor] | None, x: torch.Tensor,
              y: torch.Tensor) -> float:
-    for m, e in zip(layers, eps or [None] * len(layers)):
-        m.epsilon = e
+    shift = {id(m): e for m, e in zip(layers, eps or [])}
+    handles = [m.register_weight_hook(lambda layer, w: w + shift[id(layer)]) for m in layers if id(m) in shift]
     try:
         return float(F.cross_entropy(model(x), y))
     finally:
-        for m in layers:
-            m.epsilon = None
+        for handle in handles:
+            handle.remove()
 
 
 def sharpness(model: nn.Module, data: InMemoryDataset, rho: float = 0.05, batch_size: int = 256,

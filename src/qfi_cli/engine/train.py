@@ -138,10 +138,11 @@ class TrainingFaults:
                 loss = loss + self.weight * F.cross_entropy(model(x), y)
         return loss, logits
 
-    def backward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 sam: SAM | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's forwards and backwards (gradients accumulate into ``.grad``); returns ``(loss detached, clean
         logits)``, the loss being the objective whose gradient was taken (RandBET: the weighted mean of the clean
-        and the faulty loss)."""
+        and the faulty loss; ``sam``'s kept Q(w) of the faulty forward get the same clamp and weight)."""
         if self.bet is None or not self.on:
             loss, logits = self.loss(model, x, y)
             loss.backward()
@@ -154,8 +155,8 @@ class TrainingFaults:
         clean_grads = [p.grad for p in params]
         for p in params:
             p.grad = None
-        layers = [m for _, m in quantized_layers(model)]
-        kept = [len(m.quantized_weights) for m in layers]
+        layers = [m for _, m in quantized_layers(model)] if sam is not None else []
+        kept = [len(sam.kept(m)) for m in layers]
         with frozen_bn_stats(model):
             faulty = F.cross_entropy(model(x), y)
         faulty.backward()
@@ -164,7 +165,7 @@ class TrainingFaults:
             parts = [t for t in (g, None if p.grad is None else _clamped(p.grad, c) * w) if t is not None]
             p.grad = sum(parts) / (1 + w) if parts else None
         for m, n in zip(layers, kept):  # SAM's ascent: the faulty pass's share at the clean Q(w), clamped alike
-            for q in m.quantized_weights[n:]:
+            for q in sam.kept(m)[n:]:
                 if q.grad is not None:
                     q.grad = _clamped(q.grad, c) * w
         self._faulty_losses.append(float(faulty.detach()))
@@ -282,7 +283,7 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
                     if tcfg.clip_weights is not None:
                         clip_weights(model, tcfg.clip_weights)
                     with faults.step(epoch * steps + i, x, y):
-                        loss, logits = sam.step(lambda: faults.backward(model, x, y), backward=False)
+                        loss, logits = sam.step(lambda: faults.backward(model, x, y, sam), backward=False)
                     faults.after_step(logits, y)
                     loss_sum += loss * len(y)
                     correct += (logits.argmax(1) == y).sum()
@@ -304,7 +305,7 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
                                 generator=generator.get_state(), torch_rng=torch.get_rng_state(),
                                 seconds=prior_seconds + time.perf_counter() - start_time, **faults.state())
         faults.detach()
-        sam.clear()
+        sam.remove()
         if tcfg.clip_weights is not None:  # the saved model inside the bound, as the reference evaluates it
             clip_weights(model, tcfg.clip_weights)
         model.eval()

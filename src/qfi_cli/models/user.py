@@ -6,7 +6,8 @@ Rules for ``model._target_=mypkg.nets.MyNet`` (a class, or a function that retur
   ``init`` is a constructor argument: ``model.hidden=64`` calls ``MyNet(hidden=64)``;
 * qfi passes ``num_classes`` and ``in_channels`` (from the data set) only to a constructor that names them as
   parameters, and only when ``model`` does not set them itself;
-* its ``nn.Conv2d`` and ``nn.Linear`` layers become quantized layers; anything else stays float.
+* its layers whose exact type has a row in ``qfi_cli.quant.QUANTIZED_TYPES`` (``nn.Conv2d``, ``nn.Linear``) become
+  quantized layers; anything else stays float.
 
 ``model.init=PATH`` loads a float ``state_dict`` (``torch.save(net.state_dict(), PATH)``, read with
 ``weights_only=True``) into the float model before it is quantized; keys and shapes must match exactly.

@@ -1,24 +1,28 @@
-"""Turn a float model into a quantized one: every Conv2d / Linear becomes QuanConv2d / QuanLinear."""
+"""Turn a float model into a quantized one: every layer whose exact type has a row in ``QUANTIZED_TYPES``
+(Conv2d, Linear) becomes its quantized twin (QuanConv2d, QuanLinear)."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
 
-from qfi_cli.quant.layers import QuanConv2d, QuanLinear, quantized_layers
-from qfi_cli.quant.quantizers import QUANTIZERS, VALID_BITS, check_bits
+from qfi_cli.quant.layers import QUANTIZED_TYPES, quantized_layers
+from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
 
 
 def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abits: int = 8,
                    per_channel: bool = False, first_last_bits: int | None = 8,
                    max_abs: float | None = None) -> nn.Module:
-    """Replace every Conv2d and Linear of ``model`` (in place) by its quantized twin; returns the model.
+    """Replace every layer of ``model`` whose exact type is a row of ``QUANTIZED_TYPES`` (Conv2d, Linear), in
+    place, by its quantized twin; returns the model.
 
     The first and last of those layers use ``max(bits, first_last_bits)`` (at least 8 bits by default, the
     usual policy); ``first_last_bits=None`` gives them the same bit widths as the others. Float storage
     (``quantizer="fp16"``, ``"bf16"``, ``"fp32"``) takes the format's width (or 32, the fp32 pass-through).
-    ``max_abs``: the weight clipping bound that ``rquant`` clamps weights to before taking their range (Stutz et
-    al.'s clipped RQuant; qfi passes ``train.clip_weights``); other quantizers take none.
+    ``max_abs``: the weight clipping bound that a quantizer with ``CLIPS`` (``rquant``) clamps weights to before
+    taking their range (Stutz et al.'s clipped RQuant; qfi passes ``train.clip_weights``); other quantizers ignore it.
 
     >>> m = quantize_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2)), wbits=4)
     >>> [layer.wbits for _, layer in quantized_layers(m)]
@@ -28,9 +32,10 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
     [(16, 'fp16')]
     """
     kind = QUANTIZERS.get(quantizer)
-    valid = getattr(kind, "VALID_BITS", VALID_BITS)
-    wbits, abits = check_bits(wbits, "weight bit width", valid), check_bits(abits, "activation bit width", valid)
-    names = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    wbits = check_bits(wbits, "weight bit width", kind.VALID_BITS)
+    abits = check_bits(abits, "activation bit width", kind.VALID_BITS)
+    names = [n for n, m in model.named_modules() if type(m) in QUANTIZED_TYPES]
+    clip = {"max_abs": max_abs} if max_abs is not None and kind.CLIPS else {}
     for i, name in enumerate(names):
         edge = first_last_bits is not None and i in (0, len(names) - 1)
         wb = max(wbits, first_last_bits) if edge else wbits
@@ -38,13 +43,30 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
         old = getattr(owner, child)
-        new_cls = QuanConv2d if isinstance(old, nn.Conv2d) else QuanLinear
-        w_fn = kind(per_channel=per_channel, max_abs=max_abs) if max_abs is not None else kind(per_channel=per_channel)
-        new = new_cls.from_float(old, w_fn, kind(per_channel=False), wb, ab)
+        new = QUANTIZED_TYPES[type(old)].from_float(old, kind(per_channel=per_channel, **clip), kind(), wb, ab)
         with torch.no_grad():
             new.quan_w_fn(new.weight, wb)  # data-free weight init (LSQ's step size)
         setattr(owner, child, new)
+    left = float_layers(model)
+    if left:
+        warnings.warn(f"these layers stay float (no row in QUANTIZED_TYPES for their type): {', '.join(left)}",
+                      stacklevel=2)
     return model
+
+
+def float_layers(model: nn.Module) -> list[str]:
+    """``name (Type)`` of every layer, outside the quantized ones, that holds a weight matrix or kernel of its own (a
+    parameter of 2 or more dimensions): it computes in float and no fault reaches it. After ``quantize_model``
+    (which warns about them) these are the layers whose exact type has no row in ``QUANTIZED_TYPES``.
+
+    >>> float_layers(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Embedding(5, 2)))
+    ['0 (Linear)', '2 (Embedding)']
+    >>> float_layers(quantize_model(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))))
+    []
+    """
+    inside = {id(sub) for _, m in quantized_layers(model) for sub in m.modules()}
+    return [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+            if id(m) not in inside and any(p.dim() >= 2 for p in m.parameters(recurse=False))]
 
 
 @torch.no_grad()

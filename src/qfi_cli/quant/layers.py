@@ -1,77 +1,194 @@
-"""QuanConv2d and QuanLinear: layers that compute on quantized weights (and activations).
+"""Quantized layers, one mixin per concern (as Brevitas): weight quantization, input quantization, fault slots.
 
-A layer calls ``self.quan_w_fn.quantize(weight, wbits)`` and, for its input, ``self.quan_a_fn.quantize(x, abits,
-is_activation=True)``; each returns ``Quantized(value, encoding)``. Two explicit slots let fault injection in without
-touching the quantizers: ``weight_fault`` and ``input_fault``, each ``None`` or a callable ``(value, encoding) ->
-value`` that the layer applies to the quantized tensor (``qfi_cli.faults.FaultInjector`` sets and clears them).
+* ``WeightQuantMixin``: ``quan_w_fn`` at ``wbits``; ``quantize_weight_clean()`` gives ``Quantized(value,
+  encoding)``; ``frozen_weight`` / ``frozen_encoding``, when set, replace the quantizer call (evaluation quantizes
+  once and reuses the result, see ``frozen_weights``). Two public hooks let an optimizer in without attributes of its
+  own on the layer (SAM keeps its state in ``SAM.state``): ``register_quantized_hook(fn)`` sees the clean Q(w) of
+  every forward that quantizes, ``register_weight_hook(fn)`` replaces the weight a forward computes with.
+* ``InputQuantMixin``: ``quan_a_fn`` at ``abits`` on the layer's input (``abits >= 32`` leaves it float).
+* ``FaultSlotMixin``: two explicit slots, ``weight_fault`` and ``input_fault``, each ``None`` or a callable
+  ``(value, encoding) -> value`` applied to the quantized tensor (``qfi_cli.faults.FaultInjector`` sets and clears
+  them).
 
-For SAM, while ``keep_quantized`` is set the layer appends the clean quantized weight of each training forward to
-``quantized_weights`` (gradients retained; a fault hook's straight-through output passes its gradient to it) and
-adds ``epsilon`` to the weight it computes with. ``frozen_weight``, when set, replaces the quantizer call:
-evaluation quantizes once and reuses the result for every batch (see ``frozen_weights``).
+``QuantizedLayerMixin`` composes them: the weight is the frozen weight or Q(w) (hooks see it), maybe faulty, then
+the weight hooks. The float-to-quantized mapping is data: ``QUANTIZED_TYPES`` (float type -> quantized type, by
+exact type), filled by ``@quantizes(float_type)``; a new layer type is one class here.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from qfi_cli.quant.encoding import Encoding
+from qfi_cli.quant.encoding import Encoding, Quantized
 
 FaultHook = Callable[[torch.Tensor, Encoding], torch.Tensor]
+QuantizedHook = Callable[[nn.Module, torch.Tensor], None]
+WeightHook = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
-class QuantizedLayerMixin:
-    """What QuanConv2d and QuanLinear share: quantizers, bit widths, fault slots, SAM's epsilon, frozen weights."""
+class WeightQuantMixin:
+    """Weight quantization: the quantizer, the stored width, the frozen weight, and the hooks on the weight."""
 
     quan_w_fn: nn.Module
-    quan_a_fn: nn.Module
     wbits: int
-    abits: int
+    weight: torch.Tensor
 
-    def _init_quant(self, quan_w_fn: nn.Module, quan_a_fn: nn.Module, wbits: int, abits: int) -> None:
-        self.quan_w_fn, self.quan_a_fn = quan_w_fn, quan_a_fn
-        self.wbits, self.abits = int(wbits), int(abits)
-        self.weight_fault: Optional[FaultHook] = None
-        self.input_fault: Optional[FaultHook] = None
-        self.epsilon: torch.Tensor | None = None
-        self.keep_quantized = False
-        self.quantized_weights: list[torch.Tensor] = []
+    def _init_weight_quant(self, quan_w_fn: nn.Module, wbits: int) -> None:
+        self.quan_w_fn, self.wbits = quan_w_fn, int(wbits)
         self.frozen_weight: torch.Tensor | None = None
         self.frozen_encoding: Encoding | None = None
+        self._quantized_hooks: OrderedDict[int, QuantizedHook] = OrderedDict()
+        self._weight_hooks: OrderedDict[int, WeightHook] = OrderedDict()
 
-    def quantize_weight_clean(self) -> tuple[torch.Tensor, Encoding]:
-        """Q(w) and its encoding, without faults."""
+    def quantize_weight_clean(self) -> Quantized:
+        """Q(w) and its encoding, without faults (no hook sees it)."""
         return self.quan_w_fn.quantize(self.weight, self.wbits)
 
-    def weight_with_faults(self) -> torch.Tensor:
-        """Q(w) with this layer's weight faults (when a hook is set), before SAM's epsilon."""
-        w_q, encoding = self.quantize_weight_clean()
-        if self.keep_quantized and self.training and w_q.requires_grad:
-            w_q.retain_grad()
-            self.quantized_weights.append(w_q)  # the clean Q(w): SAM ascends along its gradient (seed's solution C)
+    def register_quantized_hook(self, hook: QuantizedHook) -> RemovableHandle:
+        """``hook(layer, w_q)`` sees the clean Q(w) of every forward that quantizes (not a frozen weight), before
+        faults; returns the handle that removes it.
+
+        >>> from qfi_cli.quant.quantizers import MinMaxQuantizer
+        >>> fc, seen = QuanLinear.from_float(nn.Linear(2, 1), MinMaxQuantizer(), MinMaxQuantizer(), 8, 32), []
+        >>> handle = fc.register_quantized_hook(lambda layer, w_q: seen.append(w_q.shape))
+        >>> _ = fc(torch.ones(1, 2)); handle.remove(); _ = fc(torch.ones(1, 2)); seen
+        [torch.Size([1, 2])]
+        """
+        handle = RemovableHandle(self._quantized_hooks)
+        self._quantized_hooks[handle.id] = hook
+        return handle
+
+    def register_weight_hook(self, hook: WeightHook) -> RemovableHandle:
+        """``hook(layer, w) -> w'``: the weight the forward computes with becomes ``w'`` (``w`` is the frozen weight or
+        Q(w), after faults); returns the handle that removes it.
+
+        >>> from qfi_cli.quant.quantizers import MinMaxQuantizer
+        >>> fc = QuanLinear.from_float(nn.Linear(2, 1, bias=False), MinMaxQuantizer(), MinMaxQuantizer(), 8, 32)
+        >>> handle = fc.register_weight_hook(lambda layer, w: torch.zeros_like(w))
+        >>> fc(torch.ones(1, 2)).item()
+        0.0
+        """
+        handle = RemovableHandle(self._weight_hooks)
+        self._weight_hooks[handle.id] = hook
+        return handle
+
+    def _quantized_seen(self, w_q: torch.Tensor) -> None:
+        for hook in self._quantized_hooks.values():
+            hook(self, w_q)
+
+    def _hooked_weight(self, w: torch.Tensor) -> torch.Tensor:
+        for hook in self._weight_hooks.values():
+            w = hook(self, w)
+        return w
+
+
+class InputQuantMixin:
+    """Input (activation) quantization: the quantizer and its width (``abits >= 32``: float inputs)."""
+
+    quan_a_fn: nn.Module
+    abits: int
+
+    def _init_input_quant(self, quan_a_fn: nn.Module, abits: int) -> None:
+        self.quan_a_fn, self.abits = quan_a_fn, int(abits)
+
+    def quantize_input_clean(self, x: torch.Tensor) -> Quantized:
+        """Q(x) and its encoding, without faults."""
+        return self.quan_a_fn.quantize(x, self.abits, is_activation=True)
+
+
+class FaultSlotMixin:
+    """The two fault slots, ``weight_fault`` and ``input_fault``: ``None`` or ``(value, encoding) -> value``."""
+
+    def _init_fault_slots(self) -> None:
+        self.weight_fault: Optional[FaultHook] = None
+        self.input_fault: Optional[FaultHook] = None
+
+    def fault_weight(self, w_q: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+        """``w_q`` through the weight slot (unchanged when it is empty)."""
         return w_q if self.weight_fault is None else self.weight_fault(w_q, encoding)
 
+    def fault_input(self, x_q: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+        """``x_q`` through the input slot (unchanged when it is empty)."""
+        return x_q if self.input_fault is None else self.input_fault(x_q, encoding)
+
+
+class QuantizedLayerMixin(WeightQuantMixin, InputQuantMixin, FaultSlotMixin):
+    """A quantized layer: weight quantization, input quantization and fault slots composed."""
+
+    def _init_quant(self, quan_w_fn: nn.Module, quan_a_fn: nn.Module, wbits: int, abits: int) -> None:
+        self._init_weight_quant(quan_w_fn, wbits)
+        self._init_input_quant(quan_a_fn, abits)
+        self._init_fault_slots()
+
+    def weight_with_faults(self) -> torch.Tensor:
+        """Q(w) (the quantized hooks see it clean) with this layer's weight faults, before the weight hooks."""
+        w_q, encoding = self.quantize_weight_clean()
+        self._quantized_seen(w_q)
+        return self.fault_weight(w_q, encoding)
+
     def quantize_weight(self) -> torch.Tensor:
-        """The weight this forward computes with: the frozen weight or Q(w) (maybe faulty), plus SAM's epsilon."""
-        w = self.frozen_weight if self.frozen_weight is not None else self.weight_with_faults()
-        return w if self.epsilon is None else w + self.epsilon
+        """The weight this forward computes with: the frozen weight or Q(w) (maybe faulty), through the weight hooks."""
+        return self._hooked_weight(self.frozen_weight if self.frozen_weight is not None else self.weight_with_faults())
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input this forward computes with: Q(x) (maybe faulty), or ``x`` itself at 32 bits."""
         if self.abits >= 32:
             return x
-        x_q, encoding = self.quan_a_fn.quantize(x, self.abits, is_activation=True)
-        return x_q if self.input_fault is None else self.input_fault(x_q, encoding)
+        return self.fault_input(*self.quantize_input_clean(x))
+
+    def _adopt(self, module: nn.Module, quan_w_fn: nn.Module, quan_a_fn: nn.Module, wbits: int, abits: int):
+        self.load_state_dict(module.state_dict())
+        self._init_quant(quan_w_fn, quan_a_fn, wbits, abits)
+        return self
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", wbits={self.wbits}, abits={self.abits}"
 
 
-class QuanConv2d(QuantizedLayerMixin, nn.Conv2d):
+# float type -> its quantized twin, by exact type (a subclass of nn.Conv2d is not a Conv2d here)
+QUANTIZED_TYPES: dict[type[nn.Module], type[QuantizedLayerMixin]] = {}
+
+
+def quantizes(float_type: type[nn.Module]) -> Callable[[type], type]:
+    """Register the decorated class as the quantized twin of ``float_type`` (one entry of ``QUANTIZED_TYPES``).
+    The class provides ``from_float(module, quan_w_fn, quan_a_fn, wbits, abits)``.
+
+    >>> QUANTIZED_TYPES[nn.Linear].__name__, QUANTIZED_TYPES[nn.Conv2d].__name__
+    ('QuanLinear', 'QuanConv2d')
+    """
+    def add(cls: type) -> type:
+        if float_type in QUANTIZED_TYPES:
+            raise ValueError(f"{float_type.__name__} has a quantized twin already: {QUANTIZED_TYPES[float_type]}")
+        QUANTIZED_TYPES[float_type] = cls
+        return cls
+
+    return add
+
+
+class QuanConvMixin(QuantizedLayerMixin):
+    """What every quantized ConvNd shares (the constructor arguments and ``_conv_forward`` of torch's ConvNd)."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Module, quan_w_fn: nn.Module, quan_a_fn: nn.Module, wbits: int, abits: int):
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                    bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+        return layer._adopt(conv, quan_w_fn, quan_a_fn, wbits, abits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantize_input(x), self.quantize_weight(), self.bias)
+
+
+@quantizes(nn.Conv2d)
+class QuanConv2d(QuanConvMixin, nn.Conv2d):
     """A Conv2d on quantized weights and inputs; keeps bias, stride, padding, dilation and groups.
 
     >>> from qfi_cli.quant.quantizers import LSQQuantizer
@@ -80,20 +197,8 @@ class QuanConv2d(QuantizedLayerMixin, nn.Conv2d):
     torch.Size([2, 4, 8, 8])
     """
 
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, quan_w_fn: nn.Module, quan_a_fn: nn.Module, wbits: int, abits: int):
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                    bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                    device=conv.weight.device, dtype=conv.weight.dtype)
-        layer.load_state_dict(conv.state_dict())
-        layer._init_quant(quan_w_fn, quan_a_fn, wbits, abits)
-        return layer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantize_input(x), self.quantize_weight(), self.bias)
-
-
+@quantizes(nn.Linear)
 class QuanLinear(QuantizedLayerMixin, nn.Linear):
     """A Linear layer on quantized weights and inputs.
 
@@ -107,15 +212,10 @@ class QuanLinear(QuantizedLayerMixin, nn.Linear):
     def from_float(cls, linear: nn.Linear, quan_w_fn: nn.Module, quan_a_fn: nn.Module, wbits: int, abits: int):
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                     device=linear.weight.device, dtype=linear.weight.dtype)
-        layer.load_state_dict(linear.state_dict())
-        layer._init_quant(quan_w_fn, quan_a_fn, wbits, abits)
-        return layer
+        return layer._adopt(linear, quan_w_fn, quan_a_fn, wbits, abits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.quantize_input(x), self.quantize_weight(), self.bias)
-
-
-QUANT_LAYERS = (QuanConv2d, QuanLinear)
 
 
 def quantized_layers(model: nn.Module) -> list[tuple[str, QuantizedLayerMixin]]:
@@ -124,7 +224,7 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, QuantizedLayerMixin]]:
     >>> quantized_layers(nn.Sequential(nn.Linear(2, 2)))
     []
     """
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantizedLayerMixin)]
 
 
 @contextmanager

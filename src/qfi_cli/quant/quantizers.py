@@ -146,13 +146,19 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
 class Quantizer(nn.Module):
     """Base class: ``quantize(x, bits, is_activation)`` returns ``Quantized``; calling the module returns the value.
 
-    ``VALID_BITS``: the bit widths it stores (``quantize_model`` checks them).
+    What the class can do is data that the typed config (``QuantConfig.validated``) and ``quantize_model`` read:
+    ``VALID_BITS``, the bit widths it stores; ``PER_CHANNEL``, whether it takes per-channel scales; ``CLIPS``,
+    whether it takes ``max_abs`` (the weight clipping bound, ``train.clip_weights``).
     """
 
     VALID_BITS: tuple[int, ...] = VALID_BITS
+    PER_CHANNEL: bool = True
+    CLIPS: bool = False
 
     def __init__(self, per_channel: bool = False) -> None:
         super().__init__()
+        if per_channel and not self.PER_CHANNEL:  # its own invariant (one range); the user's rule is in config.py
+            raise ValueError(f"{type(self).__name__} has no per-channel scales")
         self.per_channel = per_channel
 
     def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
@@ -282,10 +288,7 @@ class AffineQuantizer(Quantizer):
     True
     """
 
-    def __init__(self, per_channel: bool = False) -> None:
-        if per_channel:
-            raise QfiError("affine quantizes per layer (one range, one zero point): set quant.per_channel=false")
-        super().__init__(per_channel)
+    PER_CHANNEL = False
 
     def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
         if bits >= 32:
@@ -318,9 +321,9 @@ class RQuantizer(Quantizer):
     ([1, 2, 2, 3], [-1.0, 0.5, 0.5, 2.0])
     """
 
+    PER_CHANNEL, CLIPS = False, True
+
     def __init__(self, per_channel: bool = False, max_abs: float | None = None) -> None:
-        if per_channel:
-            raise QfiError("rquant quantizes per layer (one range, one zero point): set quant.per_channel=false")
         super().__init__(per_channel)
         self.max_abs = None if max_abs is None else float(max_abs)
 
