@@ -17,7 +17,7 @@ from qfi_cli.cli import app
 from qfi_cli.engine.train import train
 from qfi_cli.errors import QfiError
 from qfi_cli.io import load_checkpoint
-from qfi_cli.targets import Trust, named_targets
+from qfi_cli.user_code import Trust, named_targets
 from tests.helpers import compose, qfi
 
 TINY = ["train.epochs=1", "train.limit=64", "device=cpu"]

@@ -57,7 +57,7 @@ def test_target_model_trains_is_evaluated_with_faults_and_swept(in_tmp):
     assert ckpt["state_dict"]["features.0.weight"].shape == (6, 1, 3, 3)
 
     from qfi_cli.engine.evaluate import load_trained
-    from qfi_cli.targets import Trust
+    from qfi_cli.user_code import Trust
 
     model, _, _ = load_trained(run / "model.pt", torch.device("cpu"), trust=Trust(code=True))
     assert isinstance(model, MyNet)

@@ -38,7 +38,7 @@ __version__ = "0.2.0"
 # public name -> the module that defines it (imported on first access: torch is not loaded by `import qfi_cli`)
 _EXPORTS = {
     "QfiError": "qfi_cli.errors",
-    "RunConfig": "qfi_cli.config", "Trust": "qfi_cli.targets",
+    "RunConfig": "qfi_cli.config", "Trust": "qfi_cli.user_code",
     # models and data
     "build_model": "qfi_cli.models", "register_model": "qfi_cli.models", "list_models": "qfi_cli.models",
     "load_float_weights": "qfi_cli.models",

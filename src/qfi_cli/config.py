@@ -25,7 +25,7 @@ from typing import Any, Optional
 from qfi_cli.faults.config import FaultConfig
 from qfi_cli.quant.encoding import FLOAT_FORMATS
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
-from qfi_cli.targets import TARGET, Trust, target_label
+from qfi_cli.user_code import TARGET, Trust, target_label
 from qfi_cli.typed import check_seed, coerce, require, section
 
 @dataclass

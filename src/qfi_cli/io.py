@@ -14,7 +14,7 @@ import torch
 
 from qfi_cli.errors import QfiError
 from qfi_cli.layout import LATEST_FILE
-from qfi_cli.targets import Trust
+from qfi_cli.user_code import Trust
 
 CHECKPOINT_FORMAT = 1
 

@@ -141,7 +141,7 @@ def target_overrides(args: list[str]) -> list[str]:
 
 def check_targets(composed: dict[str, Any]) -> None:
     """Import the user's ``model._target_`` / ``data._target_`` now, so a wrong path is one line before any job."""
-    from qfi_cli.targets import TARGET, resolve_target
+    from qfi_cli.user_code import TARGET, resolve_target
 
     for section in ("model", "data"):
         spec = composed.get(section)

@@ -35,7 +35,7 @@ import torch
 
 from qfi_cli.data.tensors import AUGMENTATIONS, InMemoryDataset
 from qfi_cli.errors import QfiError
-from qfi_cli.targets import TARGET, call_target, resolve_target
+from qfi_cli.user_code import TARGET, call_target, resolve_target
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL = ("num_classes", "pixel_max", "mean", "std", "augment")

@@ -13,7 +13,7 @@ from qfi_cli.config import DataConfig, RunConfig
 from qfi_cli.data import InMemoryDataset, load_dataset, load_user_data
 from qfi_cli.errors import QfiError, first_line
 from qfi_cli.models import build_model, build_user_model, input_size, load_float_weights, model_label
-from qfi_cli.targets import TARGET
+from qfi_cli.user_code import TARGET
 from qfi_cli.quant import quantize_model
 
 

@@ -28,7 +28,7 @@ from qfi_cli.models import model_label
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, stored_record, weight_bits_total
 from qfi_cli.stats import METHOD, describe_ci, mean_ci
-from qfi_cli.targets import Trust
+from qfi_cli.user_code import Trust
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float, list[float] | None]:

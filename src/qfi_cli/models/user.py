@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from qfi_cli.errors import QfiError, first_line
-from qfi_cli.targets import TARGET, call_target, resolve_target, target_label
+from qfi_cli.user_code import TARGET, call_target, resolve_target, target_label
 
 RESERVED = (TARGET, "name", "init")  # keys of `model` that are not constructor arguments
 
