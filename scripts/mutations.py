@@ -1,4 +1,4 @@
-"""Break registered parts on purpose and check that the fast tests notice (issue 10's mutations).
+"""Break registered parts on purpose and check that the fast tests notice (a mutant per registry, at least).
 
 Each mutation is applied to a scratch copy of ``src/``, ``conf/`` and ``tests/``; then ``pytest -x`` runs the
 registry and CLI smoke tests on that copy. A mutation that no test catches is a gap in the tests: the script
@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_registries.py", "tests/test_cli.py"]
+TESTS = ["tests/test_registries.py", "tests/test_commands.py", "tests/test_report.py", "tests/test_cli.py"]
 
-# (name, file, text to replace, replacement): each replacement must find its text, or the mutation is stale
+# (name, file, text to replace, replacement[, tests]): each replacement must find its text, or the mutation is stale;
+# tests (default TESTS) are the fast tests that must catch it
 MUTATIONS = [
     ("resnet20 raises", "src/qfi_cli/models/resnet.py",
      "    return ResNetCifar(20, num_classes, in_channels, width, norm)", "    raise RuntimeError('broken')"),
@@ -38,10 +39,24 @@ MUTATIONS = [
      "@quantizes(nn.Bilinear)"),
     ("layer table: conv twin ignores stride", "src/qfi_cli/quant/layers.py", "kernel_size, stride=conv.stride,",
      "kernel_size, stride=1,"),
+    ("quantizer lsq: encoding claims the wrong sign", "src/qfi_cli/quant/quantizers.py",
+     "self._encoding(x, bits, self.step, signed))", "self._encoding(x, bits, self.step, not signed))"),
+    ("data set digits: one class short", "src/qfi_cli/data/datasets.py", "        num_classes=10,",
+     "        num_classes=9,"),
+    ("logger csv writes no metrics", "src/qfi_cli/loggers.py", '        atomic_write(path, write, mode="w")',
+     "        pass", ["tests/test_loggers.py::test_csv_writes_rows_and_nothing_else"]),
+    ("command train: its rule dropped", "src/qfi_cli/commands/train.py",
+     '    if cfg.fault.enable_in_training and cfg.train.bet.mode != "none":', "    if False:"),
+    ("command attack: finished points never skipped", "src/qfi_cli/commands/attack.py",
+     "def finished(slot: Slot, job: Job) -> dict[str, Any] | None:",
+     "def finished(slot: Slot, job: Job) -> dict[str, Any] | None:\n    return None\n\n\ndef _unused(slot, job):",
+     ["tests/test_attack.py::test_sweep_command_attack_writes_points_resumes_and_reports"]),
+    ("report section attack not registered", "src/qfi_cli/report/attack.py", "SECTION = register_section(Section(",
+     "SECTION = ((Section("),
 ]
 
 
-def caught_by(name: str, path: str, old: str, new: str) -> str | None:
+def caught_by(name: str, path: str, old: str, new: str, tests: list[str] = TESTS) -> str | None:
     """Apply one mutation to a scratch copy and return the first failing test (None: nothing failed)."""
     with tempfile.TemporaryDirectory(prefix="qfi-mutation-") as scratch:
         tree = Path(scratch)
@@ -54,7 +69,7 @@ def caught_by(name: str, path: str, old: str, new: str) -> str | None:
             raise SystemExit(f"stale mutation {name!r}: {path} no longer holds {old!r}")
         target.write_text(text.replace(old, new, 1))
         env = dict(os.environ, PYTHONPATH=str(tree / "src"), MPLBACKEND="Agg")
-        run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
+        run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
                              cwd=tree, env=env, capture_output=True, text=True)
         failed = re.findall(r"^FAILED (\S+)", run.stdout, re.M)
         return failed[0] if failed else (None if run.returncode == 0 else f"pytest exit {run.returncode}")
@@ -62,8 +77,8 @@ def caught_by(name: str, path: str, old: str, new: str) -> str | None:
 
 def main() -> int:
     survivors = []
-    for name, path, old, new in MUTATIONS:
-        test = caught_by(name, path, old, new)
+    for name, path, old, new, *tests in MUTATIONS:
+        test = caught_by(name, path, old, new, *tests)
         print(f"{name:<50} {'caught by ' + test if test else 'NOT CAUGHT'}", flush=True)
         if not test:
             survivors.append(name)
