@@ -72,9 +72,8 @@ def _per_channel(value: Any, key: str, where: str, c: int) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-def as_dataset(obj: Any, name: str) -> InMemoryDataset:
-    """Check what a data callable returned against the contract (module docstring); the data set it describes."""
-    where = f"data {name}"
+def _as_mapping(obj: Any, where: str) -> Mapping[str, Any]:
+    """``obj`` (a dict, or an InMemoryDataset turned into one) checked to hold the required keys and no unknown."""
     if isinstance(obj, InMemoryDataset):
         obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name not in ("name", "image_size",
                                                                                                "in_channels")}
@@ -88,30 +87,41 @@ def as_dataset(obj: Any, name: str) -> InMemoryDataset:
     if unknown:
         raise QfiError(f"{where}: unknown key {unknown[0]!r} in the returned dict (known: "
                        f"{', '.join(REQUIRED + OPTIONAL)})")
-    x = {s: _tensor(obj[f"x_{s}"], f"x_{s}", where) for s in ("train", "test")}
-    y = {s: _tensor(obj[f"y_{s}"], f"y_{s}", where) for s in ("train", "test")}
-    for s in ("train", "test"):
-        if x[s].dim() != 4:
-            raise QfiError(f"{where}: x_{s} must be images (N, C, H, W), got shape {tuple(x[s].shape)}")
-        if x[s].dtype != torch.uint8 and not x[s].is_floating_point():
-            raise QfiError(f"{where}: x_{s} must be uint8 or floating point, got {x[s].dtype}")
-        if x[s].is_floating_point():
-            x[s] = x[s].to(torch.float32)
-            if not bool(torch.isfinite(x[s]).all()):
-                raise QfiError(f"{where}: x_{s} holds NaN or infinite values")
-        if y[s].dim() != 1 or len(y[s]) != len(x[s]):
-            raise QfiError(f"{where}: y_{s} must be {len(x[s])} labels (one per image of x_{s}), got shape "
-                           f"{tuple(y[s].shape)}")
-        if y[s].is_floating_point() or y[s].is_complex() or y[s].dtype == torch.bool:
-            raise QfiError(f"{where}: y_{s} must hold integer class labels, got {y[s].dtype}")
-        y[s] = y[s].to(torch.int64)
-        if len(x[s]) == 0:
-            raise QfiError(f"{where}: x_{s} holds no images")
+    return obj
+
+
+def _checked_split(x: torch.Tensor, y: torch.Tensor, s: str, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``s``'s images and labels checked: ``x`` (N, C, H, W) uint8 or float32, ``y`` N int64 labels."""
+    if x.dim() != 4:
+        raise QfiError(f"{where}: x_{s} must be images (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise QfiError(f"{where}: x_{s} must be uint8 or floating point, got {x.dtype}")
+    if x.is_floating_point():
+        x = x.to(torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            raise QfiError(f"{where}: x_{s} holds NaN or infinite values")
+    if y.dim() != 1 or len(y) != len(x):
+        raise QfiError(f"{where}: y_{s} must be {len(x)} labels (one per image of x_{s}), got shape "
+                       f"{tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise QfiError(f"{where}: y_{s} must hold integer class labels, got {y.dtype}")
+    y = y.to(torch.int64)
+    if len(x) == 0:
+        raise QfiError(f"{where}: x_{s} holds no images")
+    return x, y
+
+
+def _check_splits_agree(x: dict[str, torch.Tensor], where: str) -> None:
+    """Raise unless the train and test images have the same shape (C, H, W) and dtype."""
     if x["train"].shape[1:] != x["test"].shape[1:]:
         raise QfiError(f"{where}: x_train images are {tuple(x['train'].shape[1:])}, x_test images "
                        f"{tuple(x['test'].shape[1:])}: they must agree")
     if x["train"].dtype != x["test"].dtype:
         raise QfiError(f"{where}: x_train is {x['train'].dtype}, x_test {x['test'].dtype}: they must agree")
+
+
+def _num_classes(obj: Mapping[str, Any], y: dict[str, torch.Tensor], where: str) -> int:
+    """``num_classes`` (default: the largest label + 1), checked to cover every label of both splits."""
     top = int(max(y["train"].max(), y["test"].max()))
     num_classes = obj.get("num_classes", top + 1)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -120,20 +130,46 @@ def as_dataset(obj: Any, name: str) -> InMemoryDataset:
     if low < 0 or top >= num_classes:
         raise QfiError(f"{where}: labels must lie in [0, {num_classes}) (num_classes={num_classes}), got "
                        f"{low}..{top}")
-    c = int(x["train"].shape[1])
-    pixel_max = obj.get("pixel_max", 255.0 if x["train"].dtype == torch.uint8 else 1.0)
+    return num_classes
+
+
+def _pixel_max(obj: Mapping[str, Any], x_train: torch.Tensor, where: str) -> Any:
+    """``pixel_max`` (default: 255 for uint8 images, 1 for float ones), checked to be a positive number."""
+    pixel_max = obj.get("pixel_max", 255.0 if x_train.dtype == torch.uint8 else 1.0)
     if isinstance(pixel_max, bool) or not isinstance(pixel_max, (int, float)) or not 0 < pixel_max < math.inf:
         raise QfiError(f"{where}: pixel_max must be a positive number, got {pixel_max!r}")
-    augment = obj.get("augment")
-    if augment not in AUGMENTATIONS:
-        raise QfiError(f"{where}: augment must be null or 'cifar', got {augment!r}")
+    return pixel_max
+
+
+def _normalization(obj: Mapping[str, Any], x_train: torch.Tensor, pixel_max: float, c: int,
+                   where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)``: as given, else measured on ``x_train``; std checked > 0."""
     mean, std = (None, None)
     if obj.get("mean") is None or obj.get("std") is None:
-        mean, std = _channel_stats(x["train"], float(pixel_max))
+        mean, std = _channel_stats(x_train, pixel_max)
     mean = _per_channel(obj["mean"], "mean", where, c) if obj.get("mean") is not None else mean
     std = _per_channel(obj["std"], "std", where, c) if obj.get("std") is not None else std
     if not all(s > 0 for s in std):
         raise QfiError(f"{where}: std must be > 0 in every channel, got {std} (constant images?)")
+    return mean, std
+
+
+def as_dataset(obj: Any, name: str) -> InMemoryDataset:
+    """Check what a data callable returned against the contract (module docstring); the data set it describes."""
+    where = f"data {name}"
+    obj = _as_mapping(obj, where)
+    x = {s: _tensor(obj[f"x_{s}"], f"x_{s}", where) for s in ("train", "test")}
+    y = {s: _tensor(obj[f"y_{s}"], f"y_{s}", where) for s in ("train", "test")}
+    for s in ("train", "test"):
+        x[s], y[s] = _checked_split(x[s], y[s], s, where)
+    _check_splits_agree(x, where)
+    num_classes = _num_classes(obj, y, where)
+    c = int(x["train"].shape[1])
+    pixel_max = _pixel_max(obj, x["train"], where)
+    augment = obj.get("augment")
+    if augment not in AUGMENTATIONS:
+        raise QfiError(f"{where}: augment must be null or 'cifar', got {augment!r}")
+    mean, std = _normalization(obj, x["train"], float(pixel_max), c, where)
     return InMemoryDataset(name=name, x_train=x["train"], y_train=y["train"], x_test=x["test"], y_test=y["test"],
                            num_classes=num_classes, in_channels=c, image_size=int(x["train"].shape[-2]),
                            mean=mean, std=std, augment=augment, pixel_max=float(pixel_max))

@@ -92,6 +92,44 @@ def random_at(random: dict[str, Any], count: int | None) -> dict[str, Any] | Non
     return {"flips": count, "accuracy_mean": random["accuracy_mean"][i], "accuracy_ci95": random["accuracy_ci95"][i]}
 
 
+def _search_flips(search: BitSearch, evaluate: Any, target: float, max_flips: int, reached: bool,
+                  reporter: Reporter) -> tuple[list[dict[str, Any]], int | None, float]:
+    """Commit bit-search flips until accuracy (``evaluate()``) is at or below ``target`` or ``max_flips`` are made
+    (none when ``reached`` already); return ``(flips, flips_to_target, search_seconds)``."""
+    flips: list[dict[str, Any]] = []
+    flips_to_target = 0 if reached else None
+    search_start = time.perf_counter()
+    with reporter.task("attack", total=max_flips) as advance:
+        while flips_to_target is None and len(flips) < max_flips:
+            flip = search.step()
+            if flip is None:
+                break
+            accuracy = evaluate()
+            flips.append({"flip": len(flips) + 1, **flip.as_dict(), "accuracy": accuracy})
+            if accuracy <= target:
+                flips_to_target = len(flips)
+            advance(1, f"flip {len(flips)}: {flip.layer}[{flip.index}] bit {flip.bit} loss {flip.loss:.3f} "
+                       f"acc {accuracy:.4f}")
+    return flips, flips_to_target, time.perf_counter() - search_start
+
+
+def _check_restored(model: torch.nn.Module, clean: list[torch.Tensor]) -> None:
+    """Raise if the quantized layers' frozen weights differ from ``clean`` (the search must undo every flip)."""
+    if not all(torch.equal(a, m.frozen_weight) for a, (_, m) in zip(clean, quantized_layers(model))):
+        raise RuntimeError("the bit search did not restore the weights it flipped")  # a bug, not a user mistake
+
+
+def _provenance(checkpoint: str | Path, ckpt: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """attack.json's record of the attacked checkpoint: its path, model, data, quantization, seed, metrics, device."""
+    saved = ckpt["config"]
+    return {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "model": saved["model"]["name"], "dataset": saved["data"]["name"], "recipe": saved.get("recipe"),
+        "wbits": saved["quant"]["wbits"], "quantizer": saved["quant"]["name"], "rho": saved["sam"]["rho"],
+        "seed": saved.get("seed"), "train_metrics": ckpt.get("metrics") or {}, "device": str(device),
+    }
+
+
 def attack(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporter: Reporter | None = None,
            expect: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the progressive bit search on ``checkpoint`` with ``cfg.attack``; return attack.json's content.
@@ -124,24 +162,10 @@ def attack(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporter: Re
             y = model(x).argmax(1)  # the clean model's predictions: no label leaking (as in the paper's code)
         search = BitSearch(model, x, y, acfg.k_top, acfg.rank_top)
         clean_loss = search.loss()
-        flips: list[dict[str, Any]] = []
-        flips_to_target = 0 if clean_accuracy <= target else None
-        search_start = time.perf_counter()
-        with reporter.task("attack", total=acfg.flips) as advance:
-            while flips_to_target is None and len(flips) < acfg.flips:
-                flip = search.step()
-                if flip is None:
-                    break
-                accuracy = evaluate()
-                flips.append({"flip": len(flips) + 1, **flip.as_dict(), "accuracy": accuracy})
-                if accuracy <= target:
-                    flips_to_target = len(flips)
-                advance(1, f"flip {len(flips)}: {flip.layer}[{flip.index}] bit {flip.bit} loss {flip.loss:.3f} "
-                           f"acc {accuracy:.4f}")
-        search_seconds = time.perf_counter() - search_start
+        flips, flips_to_target, search_seconds = _search_flips(search, evaluate, target, acfg.flips,
+                                                               clean_accuracy <= target, reporter)
         search.restore()
-        if not all(torch.equal(a, m.frozen_weight) for a, (_, m) in zip(clean, quantized_layers(model))):
-            raise RuntimeError("the bit search did not restore the weights it flipped")  # a bug, not a user mistake
+        _check_restored(model, clean)
         with reporter.task("random baseline", total=1) as advance:
             random = random_baseline(model, baseline_counts(len(flips)), acfg.random_trials,
                                      cfg.eval.fault_seed, evaluate)
@@ -158,10 +182,7 @@ def attack(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporter: Re
         "labels": "clean model's predictions", "samples": _samples(data, limit), "limit": limit,
         "seconds_per_flip": search_seconds / n if n else None, "search_seconds": round(search_seconds, 3),
         "bits_model": weight_bits_total(model), **stored_record(model, saved["quant"]["wbits"]),
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "model": saved["model"]["name"], "dataset": saved["data"]["name"], "recipe": saved.get("recipe"),
-        "wbits": saved["quant"]["wbits"], "quantizer": saved["quant"]["name"], "rho": saved["sam"]["rho"],
-        "seed": saved.get("seed"), "train_metrics": ckpt.get("metrics") or {}, "device": str(device),
+        **_provenance(checkpoint, ckpt, device),
         "seconds": round(time.perf_counter() - start, 3),
     }
 

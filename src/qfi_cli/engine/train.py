@@ -225,6 +225,105 @@ def clip_weights(model: torch.nn.Module, w_max: float) -> None:
             p.clamp_(centre - w_max, centre + w_max)
 
 
+def _resume(path: Path, cfg: RunConfig, device: torch.device, model: torch.nn.Module,
+            base: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
+            faults: TrainingFaults) -> tuple[int, list[dict[str, Any]], float]:
+    """Load the checkpoint at ``path`` into the run's objects; return ``(start_epoch, history, prior_seconds)``."""
+    state = load_checkpoint(path, map_location=device, trust=cfg.trust())
+    model.load_state_dict(state["state_dict"])
+    base.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    start_epoch, history = int(state["epoch"]), list(state["history"])
+    prior_seconds = float(state["seconds"])
+    faults.load_state(state)
+    return start_epoch, history, prior_seconds
+
+
+def _train_epoch(model: torch.nn.Module, data: Any, tcfg: Any, sam: SAM, faults: TrainingFaults,
+                 generator: torch.Generator, epoch: int, steps: int, device: torch.device,
+                 advance: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Run one epoch of SAM steps over the shuffled training set; return ``(loss_sum, correct, seen)``."""
+    model.train()
+    loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    for i, (x, y) in enumerate(data.batches("train", tcfg.batch_size, shuffle=True, generator=generator,
+                                            augment=True, limit=tcfg.limit)):
+        if tcfg.clip_weights is not None:
+            clip_weights(model, tcfg.clip_weights)
+        with faults.step(epoch * steps + i, x, y):
+            loss, logits = sam.step(lambda: faults.backward(model, x, y, sam), backward=False)
+        faults.after_step(logits, y)
+        loss_sum += loss * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        advance(1, "")
+    return loss_sum, correct, seen
+
+
+def _test_accuracy(model: torch.nn.Module, data: Any, batch_size: int) -> float:
+    """The fraction of the test split that ``model`` classifies correctly."""
+    correct_test = predict_correct(model, data, batch_size)[0]
+    return int(correct_test.sum()) / correct_test.numel()
+
+
+def _epoch_record(model: torch.nn.Module, data: Any, batch_size: int, epoch: int, loss_sum: torch.Tensor,
+                  correct: torch.Tensor, seen: int) -> dict[str, Any]:
+    """The history row of (0-based) ``epoch``, its test accuracy measured; raises if its mean loss is not finite."""
+    train_loss = float(loss_sum) / seen
+    if not math.isfinite(train_loss):
+        raise QfiError(f"training diverged at epoch {epoch + 1} (loss {train_loss}): lower train.lr or rho")
+    model.eval()
+    test_acc = _test_accuracy(model, data, batch_size)
+    return {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": float(correct) / seen,
+            "test_accuracy": test_acc}
+
+
+def _save_last(path: Path, cfg: RunConfig, model: torch.nn.Module, base: torch.optim.Optimizer, scheduler: Any,
+               generator: torch.Generator, faults: TrainingFaults, history: list[dict[str, Any]],
+               seconds: float) -> None:
+    """Write the resumable end-of-epoch checkpoint (weights, optimizer, scheduler, RNGs, faults) to ``path``."""
+    save_checkpoint(path, model.state_dict(), cfg.as_dict(), epoch=history[-1]["epoch"],
+                    history=history, optimizer=base.state_dict(), scheduler=scheduler.state_dict(),
+                    generator=generator.get_state(), torch_rng=torch.get_rng_state(),
+                    seconds=seconds, **faults.state())
+
+
+def _finish_training(model: torch.nn.Module, faults: TrainingFaults, sam: SAM, clip: float | None) -> None:
+    """Detach the training hooks, clip the weights a last time (if ``clip``) and put ``model`` in eval mode."""
+    faults.detach()
+    sam.remove()
+    if clip is not None:  # the saved model inside the bound, as the reference evaluates it
+        clip_weights(model, clip)
+    model.eval()
+
+
+def _final_metrics(cfg: RunConfig, model: torch.nn.Module, data: Any, history: list[dict[str, Any]],
+                   device: torch.device, prior_seconds: float, start_time: float) -> dict[str, Any]:
+    """The run's ``metrics.json`` record: last epoch's accuracy/loss, sharpness, timing, stored bits, history."""
+    tcfg = cfg.train
+    if history:
+        last = history[-1]
+    else:  # post-training quantization: calibrated, not trained
+        last = {"test_accuracy": _test_accuracy(model, data, cfg.eval.batch_size), "train_loss": None,
+                "train_accuracy": None}
+    return {"test_accuracy": last["test_accuracy"], "train_loss": last["train_loss"],
+            "train_accuracy": last["train_accuracy"], "epochs": tcfg.epochs,
+            **sharpness(model, data, rho=tcfg.sharpness_rho, batch_size=tcfg.sharpness_batch, seed=cfg.seed),
+            "seconds": round(prior_seconds + time.perf_counter() - start_time, 3), "device": str(device),
+            **stored_record(model, cfg.quant.wbits), "history": history}
+
+
+def _write_outputs(out_dir: Path, cfg: RunConfig, model: torch.nn.Module, metrics: dict[str, Any],
+                   tracker: Any) -> None:
+    """Save ``model.pt`` and ``metrics.json`` to ``out_dir`` and log the sharpness and metrics file to ``tracker``."""
+    save_checkpoint(out_dir / MODEL, model.state_dict(), cfg.as_dict(),
+                    metrics={k: v for k, v in metrics.items() if k != "history"})
+    write_json(out_dir / METRICS, metrics)
+    tracker.log_metrics(scalars({k: v for k, v in metrics.items() if k.startswith("sharpness")}))
+    tracker.log_artifact(out_dir / METRICS)
+
+
 def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Reporter | None = None,
           resume: bool = False) -> dict[str, Any]:
     """Train the quantized model that ``cfg`` describes; write ``model.pt`` and ``metrics.json`` to ``out_dir``.
@@ -257,72 +356,28 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
 
     start_epoch, history, prior_seconds = 0, [], 0.0
     if resume:
-        state = load_checkpoint(out_dir / LAST_CHECKPOINT, map_location=device, trust=cfg.trust())
-        model.load_state_dict(state["state_dict"])
-        base.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-        prior_seconds = float(state["seconds"])
-        faults.load_state(state)
+        start_epoch, history, prior_seconds = _resume(out_dir / LAST_CHECKPOINT, cfg, device, model, base, scheduler,
+                                                      generator, faults)
         reporter.log(f"resuming from epoch {start_epoch} of {epochs}")
 
-    batch_size = tcfg.batch_size
-    steps = data.num_batches("train", batch_size, limit=tcfg.limit)
+    steps = data.num_batches("train", tcfg.batch_size, limit=tcfg.limit)
     with make_logger(cfg.logger, out_dir, cfg.paths.root) as tracker:
         tracker.log_params(cfg.as_dict())
         for row in history:  # a resumed run's tracker gets the curve so far
             tracker.log_metrics(scalars({k: v for k, v in row.items() if k != "epoch"}), step=row["epoch"])
         with reporter.task("train", total=(epochs - start_epoch) * steps) as advance:
             for epoch in range(start_epoch, epochs):
-                model.train()
-                loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-                for i, (x, y) in enumerate(data.batches("train", batch_size, shuffle=True, generator=generator,
-                                                        augment=True, limit=tcfg.limit)):
-                    if tcfg.clip_weights is not None:
-                        clip_weights(model, tcfg.clip_weights)
-                    with faults.step(epoch * steps + i, x, y):
-                        loss, logits = sam.step(lambda: faults.backward(model, x, y, sam), backward=False)
-                    faults.after_step(logits, y)
-                    loss_sum += loss * len(y)
-                    correct += (logits.argmax(1) == y).sum()
-                    seen += len(y)
-                    advance(1, "")
+                loss_sum, correct, seen = _train_epoch(model, data, tcfg, sam, faults, generator, epoch, steps,
+                                                       device, advance)
                 scheduler.step()
-                train_loss = float(loss_sum) / seen
-                if not math.isfinite(train_loss):
-                    raise QfiError(f"training diverged at epoch {epoch + 1} (loss {train_loss}): lower train.lr or rho")
-                model.eval()
-                correct_test = predict_correct(model, data, cfg.eval.batch_size)[0]
-                test_acc = int(correct_test.sum()) / correct_test.numel()
-                history.append({"epoch": epoch + 1, "train_loss": train_loss,
-                                "train_accuracy": float(correct) / seen, "test_accuracy": test_acc})
-                tracker.log_metrics(scalars({k: v for k, v in history[-1].items() if k != "epoch"}), step=epoch + 1)
-                advance(0, f"epoch {epoch + 1}/{epochs} loss {train_loss:.4f} test acc {test_acc:.4f}")
-                save_checkpoint(out_dir / LAST_CHECKPOINT, model.state_dict(), cfg.as_dict(), epoch=epoch + 1,
-                                history=history, optimizer=base.state_dict(), scheduler=scheduler.state_dict(),
-                                generator=generator.get_state(), torch_rng=torch.get_rng_state(),
-                                seconds=prior_seconds + time.perf_counter() - start_time, **faults.state())
-        faults.detach()
-        sam.remove()
-        if tcfg.clip_weights is not None:  # the saved model inside the bound, as the reference evaluates it
-            clip_weights(model, tcfg.clip_weights)
-        model.eval()
-        if history:
-            last = history[-1]
-        else:  # post-training quantization: calibrated, not trained
-            correct_test = predict_correct(model, data, cfg.eval.batch_size)[0]
-            last = {"test_accuracy": int(correct_test.sum()) / correct_test.numel(), "train_loss": None,
-                    "train_accuracy": None}
-        metrics = {"test_accuracy": last["test_accuracy"], "train_loss": last["train_loss"],
-                   "train_accuracy": last["train_accuracy"], "epochs": epochs,
-                   **sharpness(model, data, rho=tcfg.sharpness_rho, batch_size=tcfg.sharpness_batch, seed=cfg.seed),
-                   "seconds": round(prior_seconds + time.perf_counter() - start_time, 3), "device": str(device),
-                   **stored_record(model, cfg.quant.wbits), "history": history}
-        save_checkpoint(out_dir / MODEL, model.state_dict(), cfg.as_dict(),
-                        metrics={k: v for k, v in metrics.items() if k != "history"})
-        write_json(out_dir / METRICS, metrics)
-        tracker.log_metrics(scalars({k: v for k, v in metrics.items() if k.startswith("sharpness")}))
-        tracker.log_artifact(out_dir / METRICS)
+                history.append(_epoch_record(model, data, cfg.eval.batch_size, epoch, loss_sum, correct, seen))
+                row = history[-1]
+                tracker.log_metrics(scalars({k: v for k, v in row.items() if k != "epoch"}), step=epoch + 1)
+                advance(0, f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} "
+                           f"test acc {row['test_accuracy']:.4f}")
+                _save_last(out_dir / LAST_CHECKPOINT, cfg, model, base, scheduler, generator, faults, history,
+                           prior_seconds + time.perf_counter() - start_time)
+        _finish_training(model, faults, sam, tcfg.clip_weights)
+        metrics = _final_metrics(cfg, model, data, history, device, prior_seconds, start_time)
+        _write_outputs(out_dir, cfg, model, metrics, tracker)
     return metrics

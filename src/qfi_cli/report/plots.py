@@ -58,66 +58,77 @@ def _series(study: Study, config: Config, metric: str) -> tuple[list[float], lis
     return xs, ys, lows, highs, clean
 
 
-def curve_figure(study: Study, rows: list[dict[str, Any]], metric: str = "accuracy") -> Any:
-    """The matplotlib Figure (Agg canvas, no pyplot state) of ``metric`` ("accuracy" or "rerr") against p."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import NullLocator
+_MARKERS = "osD^vP*Xh<>"
 
-    ylabel, what = _METRICS[metric]
-    main, others = _layout(study)
+
+def _panels(study: Study, others: list[str]) -> dict[tuple, list[Config]]:
+    """The study's configurations grouped into panels, one per combination of the ``others`` factors."""
     panels: dict[tuple, list[Config]] = {}
     for c in study.configs:
         panels.setdefault(tuple(repr(c.values.get(k)) for k in others), []).append(c)
-    panels = panels or {(): []}
-    n = len(panels)
-    fig = Figure(figsize=(max(8.0, min(6.0 * n, 18.0)), 6.0), dpi=150, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
-    levels = list(dict.fromkeys(repr(c.values.get(main)) for c in study.configs)) if main else []
-    count = len(levels) if main else len(study.configs)
-    colors = [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]] if count <= 10 else \
+    return panels or {(): []}
+
+
+def _colors(count: int) -> list[Any]:
+    """Line colours for ``count`` lines: matplotlib's cycle up to 10, else tab20."""
+    import matplotlib
+
+    return [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]] if count <= 10 else \
         [matplotlib.colormaps["tab20"](i) for i in range(20)]
-    markers = "osD^vP*Xh<>"
-    ticks = [p for p in study.bers if p > 0]
-    drawn, handles = False, {}
-    for ax, configs in zip(axes, panels.values()):
-        for config in configs:
-            index = levels.index(repr(config.values.get(main))) if main else study.configs.index(config)
-            color, marker = colors[index % len(colors)], markers[index % len(markers)]
-            xs, ys, lows, highs, clean = _series(study, config, metric)
-            if xs:
-                ax.plot(xs, ys, color=color, marker=marker, markersize=5, linewidth=1.8)
-                if any(not math.isnan(v) for v in lows + highs):
-                    ax.fill_between(xs, lows, highs, color=color, alpha=0.15, linewidth=0)
-                drawn = True
-            if clean is not None:
-                ax.axhline(clean, color=color, linestyle="--", linewidth=1.0, alpha=0.7)
-                drawn = True
-            label = f"{main}={config.shown.get(main, config.values.get(main))}" if main and others else config.label
-            handles.setdefault(label, Line2D([], [], color=color, marker=marker if xs else None, label=label))
-        ax.set_xscale("log")
-        if 0 < len(ticks) <= 8:
-            ax.set_xticks(ticks, [fmt_p(p) for p in ticks])
-            ax.xaxis.set_minor_locator(NullLocator())  # the rates are the ticks (minor ones cost half the drawing)
-        ax.set_xlabel("bit error rate p (log scale; each stored weight bit flips with probability p)", fontsize=10)
-        ax.tick_params(labelsize=10)
-        ax.grid(True, which="major", alpha=0.35)
-        if others:
-            ax.set_title(" ".join(f"{k}={configs[0].shown.get(k, configs[0].values.get(k))}" for k in others),
-                         fontsize=11)
-        if not drawn:
-            ax.text(0.5, 0.5, "no successful points to plot", transform=ax.transAxes, ha="center",
-                    va="center", fontsize=12, color="0.4")
-    axes[0].set_ylabel(ylabel, fontsize=11)
-    ok = [r for r in rows if r.get("status") == "ok"]
+
+
+def _draw_lines(ax: Any, configs: list[Config], study: Study, metric: str, main: str | None, others: list[str],
+                levels: list[str], colors: list[Any], handles: dict[str, Any]) -> bool:
+    """Plot each configuration's curve, CI band and clean line on ``ax``, adding legend handles to ``handles``;
+    whether anything was drawn."""
+    from matplotlib.lines import Line2D
+
+    drawn = False
+    for config in configs:
+        index = levels.index(repr(config.values.get(main))) if main else study.configs.index(config)
+        color, marker = colors[index % len(colors)], _MARKERS[index % len(_MARKERS)]
+        xs, ys, lows, highs, clean = _series(study, config, metric)
+        if xs:
+            ax.plot(xs, ys, color=color, marker=marker, markersize=5, linewidth=1.8)
+            if any(not math.isnan(v) for v in lows + highs):
+                ax.fill_between(xs, lows, highs, color=color, alpha=0.15, linewidth=0)
+            drawn = True
+        if clean is not None:
+            ax.axhline(clean, color=color, linestyle="--", linewidth=1.0, alpha=0.7)
+            drawn = True
+        label = f"{main}={config.shown.get(main, config.values.get(main))}" if main and others else config.label
+        handles.setdefault(label, Line2D([], [], color=color, marker=marker if xs else None, label=label))
+    return drawn
+
+
+def _format_axes(ax: Any, ticks: list[float], others: list[str], configs: list[Config], drawn: bool) -> None:
+    """Log-scale p axis with the rates as ticks, grid, the panel's title, and a notice when nothing was drawn."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log")
+    if 0 < len(ticks) <= 8:
+        ax.set_xticks(ticks, [fmt_p(p) for p in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())  # the rates are the ticks (minor ones cost half the drawing)
+    ax.set_xlabel("bit error rate p (log scale; each stored weight bit flips with probability p)", fontsize=10)
+    ax.tick_params(labelsize=10)
+    ax.grid(True, which="major", alpha=0.35)
+    if others:
+        ax.set_title(" ".join(f"{k}={configs[0].shown.get(k, configs[0].values.get(k))}" for k in others),
+                     fontsize=11)
+    if not drawn:
+        ax.text(0.5, 0.5, "no successful points to plot", transform=ax.transAxes, ha="center",
+                va="center", fontsize=12, color="0.4")
+
+
+def _subject(ok: list[dict[str, Any]]) -> str:
+    """What the ok rows measured: their models (and data sets), or "sweep"."""
     models = sorted({str(r["_model"]) for r in ok if r.get("_model") is not None})
     datasets = sorted({str(r["_dataset"]) for r in ok if r.get("_dataset") is not None})
-    subject = " / ".join(models) + (f" on {' / '.join(datasets)}" if datasets else "") if models else "sweep"
-    fig.suptitle(f"{subject}: {what}", fontsize=13)
+    return " / ".join(models) + (f" on {' / '.join(datasets)}" if datasets else "") if models else "sweep"
+
+
+def _legend_note(ok: list[dict[str, Any]], study: Study) -> str | None:
+    """The legend's title: trials per point, training seeds per line and the band's meaning (None without both)."""
     trials = sorted({r["trials"] for r in ok})
     seeds = study.seed_counts()
     note = None
@@ -127,13 +138,47 @@ def curve_figure(study: Study, rows: list[dict[str, Any]], metric: str = "accura
         plural = "" if n_seeds == "1" else "s"
         note = (f"{n_trials} trials per point, {n_seeds} training seed{plural} per line (mean over seeds)\n"
                 f"band: {describe_ci(seeds)}")
+    return note
+
+
+def _legend(fig: Any, handles: dict[str, Any], note: str | None) -> None:
+    """The figure's legend below the panels: the lines, the clean line and the CI band, titled ``note``."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    entries = [*handles.values(), Line2D([], [], color="0.35", linestyle="--", label="clean (no faults)"),
+               Patch(facecolor="0.35", alpha=0.25, label="95% CI")]
+    longest = max(len(h.get_label()) for h in entries)
+    ncols = min(len(entries), 4 if longest <= 24 else 2 if longest <= 48 else 1)
+    fig.legend(handles=entries, loc="outside lower center", ncols=ncols, fontsize=9, framealpha=0.9,
+               title=note, title_fontsize=8, alignment="left")
+
+
+def curve_figure(study: Study, rows: list[dict[str, Any]], metric: str = "accuracy") -> Any:
+    """The matplotlib Figure (Agg canvas, no pyplot state) of ``metric`` ("accuracy" or "rerr") against p."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ylabel, what = _METRICS[metric]
+    main, others = _layout(study)
+    panels = _panels(study, others)
+    n = len(panels)
+    fig = Figure(figsize=(max(8.0, min(6.0 * n, 18.0)), 6.0), dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    levels = list(dict.fromkeys(repr(c.values.get(main)) for c in study.configs)) if main else []
+    colors = _colors(len(levels) if main else len(study.configs))
+    ticks = [p for p in study.bers if p > 0]
+    drawn, handles = False, {}
+    for ax, configs in zip(axes, panels.values()):
+        drawn = _draw_lines(ax, configs, study, metric, main, others, levels, colors, handles) or drawn
+        _format_axes(ax, ticks, others, configs, drawn)  # drawn: in this or an earlier panel
+    axes[0].set_ylabel(ylabel, fontsize=11)
+    ok = [r for r in rows if r.get("status") == "ok"]
+    fig.suptitle(f"{_subject(ok)}: {what}", fontsize=13)
+    note = _legend_note(ok, study)
     if drawn:
-        entries = [*handles.values(), Line2D([], [], color="0.35", linestyle="--", label="clean (no faults)"),
-                   Patch(facecolor="0.35", alpha=0.25, label="95% CI")]
-        longest = max(len(h.get_label()) for h in entries)
-        ncols = min(len(entries), 4 if longest <= 24 else 2 if longest <= 48 else 1)
-        fig.legend(handles=entries, loc="outside lower center", ncols=ncols, fontsize=9, framealpha=0.9,
-                   title=note, title_fontsize=8, alignment="left")
+        _legend(fig, handles, note)
     return fig
 
 

@@ -190,53 +190,62 @@ def _paired(ca: Cell, cb: Cell, factor: str) -> Pair | None:
                 _estimate(rerr, lo=-1.0) if rerr is not None else Estimate(None), ca.config, cb.config)
 
 
-def build_study(rows: Iterable[dict[str, Any]], attacks: Iterable[dict[str, Any]] = ()) -> Study:
-    """Aggregate ``collect`` rows over training seeds and pair one-factor changes (see the module docstring).
-
-    Only ok rows count. Configurations come in ``config_order`` (recipe innermost, ``normal`` first); a pair's
-    baseline is the earlier of its two configurations. Differences and means are fractions (not %). ``attacks``
-    are ``report.attack.collect_attacks`` rows (attack.json points): their configurations join the study, and
-    ``Study.attacks`` holds each configuration's attack rows, one per training seed.
-    """
-    rows, attacks = list(rows), list(attacks)
-    keys = factors(rows + attacks)
-    ok = sorted((r for r in rows if r.get("status") == "ok"), key=lambda r: config_order(r, keys))
-    ok_attacks = sorted((r for r in attacks if r.get("status") == "ok"), key=lambda r: config_order(r, keys))
+def _configs(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, Config]:
+    """The distinct configurations of ``rows``, keyed by ``Config.key``, in ``config_order``."""
     configs: dict[tuple, Config] = {}
-    for r in sorted(ok + ok_attacks, key=lambda r: config_order(r, keys)):
+    for r in sorted(rows, key=lambda r: config_order(r, keys)):
         cfg = _config(r, keys)
         configs.setdefault(cfg.key, cfg)
+    return configs
+
+
+def _cells(ok: list[dict[str, Any]], keys: list[str], configs: dict[tuple, Config],
+           notes: list[str]) -> dict[tuple, Cell]:
+    """One ``Cell`` per (configuration key, BER) of the ok sweep rows, one row per training seed."""
     grouped: dict[tuple, list[dict[str, Any]]] = {}
     for r in ok:
         grouped.setdefault((_config(r, keys).key, r["ber"]), []).append(r)
-    attacked: dict[tuple, list[dict[str, Any]]] = {}
-    for r in ok_attacks:
-        attacked.setdefault(_config(r, keys).key, []).append(r)
-    notes: list[str] = []
     cells = {}
     for (key, ber), group in grouped.items():
         kept = _one_per_seed(group, notes)
         rerr, per_trial = _rerr(kept)
         cells[(key, ber)] = Cell(configs[key], ber, kept, _estimate([r["_accuracies"] for r in kept]), rerr,
                                  per_trial)
-    clean_error, sharpness = {}, {}
-    for key, cfg in configs.items():
-        seeds: dict[Any, list[dict[str, Any]]] = {}
-        for (k, _), cell in cells.items():
-            if k == key:
-                for r in cell.rows:
-                    seeds.setdefault(r.get("_seed"), []).append(r)
-        for r in attacked.get(key, []):  # a model only attacked: its clean accuracy and sharpness from there
-            if r.get("_seed") not in seeds and r.get("clean_accuracy") is not None:
-                seeds[r.get("_seed")] = [r]
-        errors = [1.0 - _mean([r["clean_accuracy"] for r in rs]) for rs in seeds.values()]
-        clean_error[key] = Estimate(_mean(errors), *seed_range(errors))
-        sharpness[key] = {}
-        for name in SHARPNESS:
-            per_seed = [_mean(v) for rs in seeds.values() if (v := [r[f"_{name}"] for r in rs
-                                                                   if r.get(f"_{name}") is not None])]
-            sharpness[key][name] = _mean(per_seed)
-    ordered = list(configs.values())
+    return cells
+
+
+def _seed_rows(key: tuple, cells: dict[tuple, Cell],
+               attacks: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """Configuration ``key``'s rows by training seed: its cells' rows, else (a seed only attacked) its attack row."""
+    seeds: dict[Any, list[dict[str, Any]]] = {}
+    for (k, _), cell in cells.items():
+        if k == key:
+            for r in cell.rows:
+                seeds.setdefault(r.get("_seed"), []).append(r)
+    for r in attacks:  # a model only attacked: its clean accuracy and sharpness from there
+        if r.get("_seed") not in seeds and r.get("clean_accuracy") is not None:
+            seeds[r.get("_seed")] = [r]
+    return seeds
+
+
+def _clean_error(seeds: dict[Any, list[dict[str, Any]]]) -> Estimate:
+    """The clean error over training seeds (each seed's mean clean accuracy first), with its seed range."""
+    errors = [1.0 - _mean([r["clean_accuracy"] for r in rs]) for rs in seeds.values()]
+    return Estimate(_mean(errors), *seed_range(errors))
+
+
+def _sharpness(seeds: dict[Any, list[dict[str, Any]]]) -> dict[str, float | None]:
+    """Each ``SHARPNESS`` measure's mean over training seeds (each seed's mean first; seeds without it skipped)."""
+    sharpness = {}
+    for name in SHARPNESS:
+        per_seed = [_mean(v) for rs in seeds.values() if (v := [r[f"_{name}"] for r in rs
+                                                               if r.get(f"_{name}") is not None])]
+        sharpness[name] = _mean(per_seed)
+    return sharpness
+
+
+def _pairs(ordered: list[Config], keys: list[str], cells: dict[tuple, Cell], notes: list[str]) -> list[Pair]:
+    """The paired one-factor differences at every shared BER > 0, sorted by factor (notes for unpairable ones)."""
     pairs = []
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
@@ -252,6 +261,34 @@ def build_study(rows: Iterable[dict[str, Any]], attacks: Iterable[dict[str, Any]
                     else:
                         pairs.append(pair)
     pairs.sort(key=lambda p: keys.index(p.factor))  # stable: within a factor, configuration order then BER
+    return pairs
+
+
+def build_study(rows: Iterable[dict[str, Any]], attacks: Iterable[dict[str, Any]] = ()) -> Study:
+    """Aggregate ``collect`` rows over training seeds and pair one-factor changes (see the module docstring).
+
+    Only ok rows count. Configurations come in ``config_order`` (recipe innermost, ``normal`` first); a pair's
+    baseline is the earlier of its two configurations. Differences and means are fractions (not %). ``attacks``
+    are ``report.attack.collect_attacks`` rows (attack.json points): their configurations join the study, and
+    ``Study.attacks`` holds each configuration's attack rows, one per training seed.
+    """
+    rows, attacks = list(rows), list(attacks)
+    keys = factors(rows + attacks)
+    ok = sorted((r for r in rows if r.get("status") == "ok"), key=lambda r: config_order(r, keys))
+    ok_attacks = sorted((r for r in attacks if r.get("status") == "ok"), key=lambda r: config_order(r, keys))
+    configs = _configs(ok + ok_attacks, keys)
+    attacked: dict[tuple, list[dict[str, Any]]] = {}
+    for r in ok_attacks:
+        attacked.setdefault(_config(r, keys).key, []).append(r)
+    notes: list[str] = []
+    cells = _cells(ok, keys, configs, notes)
+    clean_error, sharpness = {}, {}
+    for key in configs:
+        seeds = _seed_rows(key, cells, attacked.get(key, []))
+        clean_error[key] = _clean_error(seeds)
+        sharpness[key] = _sharpness(seeds)
+    ordered = list(configs.values())
+    pairs = _pairs(ordered, keys, cells, notes)
     attack_rows = {key: _one_attack_per_seed(group, notes) for key, group in attacked.items()}
     return Study(keys, ordered, sorted({ber for (_, ber) in cells}), cells, clean_error, sharpness, pairs, notes,
                  attack_rows)
