@@ -267,15 +267,17 @@ def test_the_layer_mapping_is_one_table_by_exact_type():
     from qfi_cli.quant import QUANTIZED_TYPES, quantizes
     from qfi_cli.quant.layers import QuanConvMixin
 
-    assert QUANTIZED_TYPES == {nn.Conv2d: QuanConv2d, nn.Linear: QuanLinear}
+    assert QUANTIZED_TYPES[nn.Conv2d] is QuanConv2d and QUANTIZED_TYPES[nn.Linear] is QuanLinear
 
     class MyLinear(nn.Linear):
         pass
 
-    with pytest.warns(UserWarning, match=r"stay float .*: 0 \(MyLinear\), 2 \(Conv1d\)"):
-        m = quantize_model(nn.Sequential(MyLinear(3, 3), nn.Linear(3, 2), nn.Conv1d(1, 2, 3)), first_last_bits=None)
-    assert [type(layer) for layer in m] == [MyLinear, QuanLinear, nn.Conv1d]
+    with pytest.warns(UserWarning, match=r"stay float .*: 0 \(MyLinear\), 2 \(PReLU\)"):
+        m = quantize_model(nn.Sequential(MyLinear(3, 3), nn.Linear(3, 2), nn.PReLU()), first_last_bits=None)
+    assert [type(layer) for layer in m] == [MyLinear, QuanLinear, nn.PReLU]
     with mock.patch.dict(QUANTIZED_TYPES):
+        del QUANTIZED_TYPES[nn.Conv1d]
+
         @quantizes(nn.Conv1d)
         class QuanConv1d(QuanConvMixin, nn.Conv1d):
             pass
@@ -291,4 +293,4 @@ def test_the_layer_mapping_is_one_table_by_exact_type():
         q8 = quantize_model(nn.Sequential(nn.Conv1d(2, 4, 3)), "minmax", wbits=4, abits=8, first_last_bits=None)
         with frozen_weights(q8):
             assert q8[0].frozen_encoding.bits == 4
-    assert nn.Conv1d not in QUANTIZED_TYPES
+    assert nn.Conv1d in QUANTIZED_TYPES and QUANTIZED_TYPES[nn.Conv1d] is not QuanConv1d

@@ -4,6 +4,8 @@ without a new test. A broken builder or a corrupted config file fails one of the
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,10 +78,23 @@ def test_every_quantizer_says_how_it_stores_what_it_quantized(name):
         assert torch.equal(enc.decode(enc.encode(value)), value), (name, bits)
 
 
-# one small float example per row of the layer table (a new row needs its example here, and the test covers it)
+# one small float example per row of the layer table (a new row needs its example here, and the test covers it):
+# (make the float layer, make its input, call the layer on the input)
+nn = torch.nn
 LAYER_EXAMPLES = {
-    torch.nn.Conv2d: (lambda: torch.nn.Conv2d(2, 4, 3, stride=2, padding=1, dilation=2, groups=2), (2, 2, 9, 9)),
-    torch.nn.Linear: (lambda: torch.nn.Linear(6, 4), (3, 6)),
+    nn.Conv1d: (lambda: nn.Conv1d(2, 4, 3, padding=1), lambda: torch.randn(2, 2, 9)),
+    nn.Conv2d: (lambda: nn.Conv2d(2, 4, 3, stride=2, padding=1, dilation=2, groups=2), lambda: torch.randn(2, 2, 9, 9)),
+    nn.Conv3d: (lambda: nn.Conv3d(2, 3, 2), lambda: torch.randn(2, 2, 4, 4, 4)),
+    nn.ConvTranspose1d: (lambda: nn.ConvTranspose1d(2, 3, 3, stride=2), lambda: torch.randn(2, 2, 5)),
+    nn.ConvTranspose2d: (lambda: nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
+                         lambda: torch.randn(2, 2, 4, 4)),
+    nn.ConvTranspose3d: (lambda: nn.ConvTranspose3d(2, 2, 2, stride=2), lambda: torch.randn(1, 2, 2, 2, 2)),
+    nn.Linear: (lambda: nn.Linear(6, 4), lambda: torch.randn(3, 6)),
+    nn.modules.linear.NonDynamicallyQuantizableLinear: (lambda: nn.modules.linear.NonDynamicallyQuantizableLinear(6, 4),
+                                                        lambda: torch.randn(3, 6)),
+    nn.Embedding: (lambda: nn.Embedding(10, 4, padding_idx=1), lambda: torch.randint(0, 10, (3, 5))),
+    nn.MultiheadAttention: (lambda: nn.MultiheadAttention(8, 2, batch_first=True), lambda: torch.randn(2, 5, 8),
+                            lambda layer, x: layer(x, x, x)[0]),
 }
 
 
@@ -87,19 +102,20 @@ LAYER_EXAMPLES = {
 def test_every_row_of_the_layer_table_converts_computes_and_takes_faults(float_type):
     """Each float type of QUANTIZED_TYPES becomes its twin, equals the float layer at 32 bits, quantizes at 4 bits
     and takes weight faults through the frozen weights."""
-    make, shape = LAYER_EXAMPLES[float_type]
+    make, make_x, *call = LAYER_EXAMPLES[float_type]
+    call = call[0] if call else (lambda layer, x: layer(x))
     torch.manual_seed(0)
-    float_layer, x = make(), torch.randn(*shape)
-    model = quantize_model(torch.nn.Sequential(make()), "minmax", wbits=32, abits=32, first_last_bits=None)
-    model[0].load_state_dict(float_layer.state_dict())
-    assert type(model[0]) is QUANTIZED_TYPES[float_type] and torch.equal(model(x), float_layer(x))
+    float_layer, x = make(), make_x()
+    model = quantize_model(torch.nn.Sequential(copy.deepcopy(float_layer)), "minmax", wbits=32, abits=32,
+                           first_last_bits=None)
+    assert type(model[0]) is QUANTIZED_TYPES[float_type] and torch.equal(call(model[0], x), call(float_layer, x))
     model = quantize_model(torch.nn.Sequential(make()), "minmax", wbits=4, abits=8, first_last_bits=None).eval()
     with FaultInjector(model, FaultConfig(ber=0.2)) as injector, frozen_weights(model):
-        assert model[0].frozen_encoding.bits == 4
-        clean = model(x)
+        assert all(m.frozen_encoding.bits == 4 for _, m in quantized_layers(model))
+        clean = call(model[0], x)
         with injector.trial(0):
-            assert not torch.equal(model(x), clean)
-        assert torch.equal(model(x), clean)
+            assert not torch.equal(call(model[0], x), clean)
+        assert torch.equal(call(model[0], x), clean)
 
 
 def tiny() -> torch.nn.Module:

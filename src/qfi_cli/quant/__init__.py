@@ -4,10 +4,14 @@ from qfi_cli.quant.convert import (bits_all_at, calibrate, quantize_model, store
                                    weight_bits_total, widths_label)
 from qfi_cli.quant.encoding import FLOAT_FORMATS, Encoding, Quantized, RQuantEncoding, float_encoding
 from qfi_cli.quant.layers import QUANTIZED_TYPES, QuanConv2d, QuanLinear, frozen_weights, quantized_layers, quantizes
+from qfi_cli.quant.layers_zoo import (QuanConv1d, QuanConv3d, QuanConvTranspose1d, QuanConvTranspose2d,
+                                      QuanConvTranspose3d, QuanEmbedding, QuanMultiheadAttention, QuanWeight)
 from qfi_cli.quant.quantizers import (QUANTIZERS, AffineQuantizer, LSQQuantizer, MinMaxQuantizer, Quantizer,
                                       RQuantizer, check_bits, code_range)
 
 __all__ = ["AffineQuantizer", "Encoding", "FLOAT_FORMATS", "LSQQuantizer", "MinMaxQuantizer", "QUANTIZED_TYPES",
-           "QUANTIZERS", "QuanConv2d", "QuanLinear", "Quantized", "Quantizer", "RQuantEncoding", "RQuantizer", "bits_all_at",
+           "QUANTIZERS", "QuanConv1d", "QuanConv2d", "QuanConv3d", "QuanConvTranspose1d",
+           "QuanConvTranspose2d", "QuanConvTranspose3d", "QuanEmbedding", "QuanLinear", "QuanMultiheadAttention",
+           "QuanWeight", "Quantized", "Quantizer", "RQuantEncoding", "RQuantizer", "bits_all_at",
            "calibrate", "check_bits", "code_range", "float_encoding", "frozen_weights", "quantize_model",
            "quantized_layers", "quantizes", "stored_record", "stored_widths", "weight_bits_total", "widths_label"]

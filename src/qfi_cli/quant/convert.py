@@ -1,5 +1,7 @@
 """Turn a float model into a quantized one: every layer whose exact type has a row in ``QUANTIZED_TYPES``
-(Conv2d, Linear) becomes its quantized twin (QuanConv2d, QuanLinear)."""
+(Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear and NonDynamicallyQuantizableLinear, Embedding, MultiheadAttention)
+becomes its quantized twin; any other layer holding parameters of its own is listed and left float (norms stay float
+by design, as biases do)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
 def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abits: int = 8,
                    per_channel: bool = False, first_last_bits: int | None = 8,
                    max_abs: float | None = None) -> nn.Module:
-    """Replace every layer of ``model`` whose exact type is a row of ``QUANTIZED_TYPES`` (Conv2d, Linear), in
+    """Replace every layer of ``model`` whose exact type is a row of ``QUANTIZED_TYPES`` (see ``convertible``), in
     place, by its quantized twin; returns the model.
 
     The first and last of those layers use ``max(bits, first_last_bits)`` (at least 8 bits by default, the
@@ -34,7 +36,7 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
     kind = QUANTIZERS.get(quantizer)
     wbits = check_bits(wbits, "weight bit width", kind.VALID_BITS)
     abits = check_bits(abits, "activation bit width", kind.VALID_BITS)
-    names = [n for n, m in model.named_modules() if type(m) in QUANTIZED_TYPES]
+    names = convertible(model)
     clip = {"max_abs": max_abs} if max_abs is not None and kind.CLIPS else {}
     for i, name in enumerate(names):
         edge = first_last_bits is not None and i in (0, len(names) - 1)
@@ -45,7 +47,8 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
         old = getattr(owner, child)
         new = QUANTIZED_TYPES[type(old)].from_float(old, kind(per_channel=per_channel, **clip), kind(), wb, ab)
         with torch.no_grad():
-            new.quan_w_fn(new.weight, wb)  # data-free weight init (LSQ's step size)
+            for _, layer in quantized_layers(new):  # one, or a MultiheadAttention's projections
+                layer.quan_w_fn(layer.weight, wb)  # data-free weight init (LSQ's step size)
         setattr(owner, child, new)
     left = float_layers(model)
     if left:
@@ -54,19 +57,42 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
     return model
 
 
-def float_layers(model: nn.Module) -> list[str]:
-    """``name (Type)`` of every layer, outside the quantized ones, that holds a weight matrix or kernel of its own (a
-    parameter of 2 or more dimensions): it computes in float and no fault reaches it. After ``quantize_model``
-    (which warns about them) these are the layers whose exact type has no row in ``QUANTIZED_TYPES``.
+# float by design (documented): normalisation layers; their parameters are per-channel affine terms, as biases are
+FLOAT_BY_DESIGN: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+    nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
-    >>> float_layers(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Embedding(5, 2)))
-    ['0 (Linear)', '2 (Embedding)']
-    >>> float_layers(quantize_model(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))))
+
+def convertible(model: nn.Module) -> list[str]:
+    """Names of the layers ``quantize_model`` converts, in module order: exact type in ``QUANTIZED_TYPES``, and not
+    inside another such layer (a MultiheadAttention's ``out_proj`` goes with it).
+
+    >>> convertible(nn.Sequential(nn.MultiheadAttention(4, 1), nn.Linear(4, 2), nn.Sequential(nn.Conv1d(1, 1, 1))))
+    ['0', '1', '2.0']
+    """
+    names: list[str] = []
+    for name, m in model.named_modules():
+        if type(m) in QUANTIZED_TYPES and not any(name.startswith(n + ".") for n in names):
+            names.append(name)
+    return names
+
+
+def float_layers(model: nn.Module) -> list[str]:
+    """``name (Type)`` of every layer, outside the quantized ones and the norms (``FLOAT_BY_DESIGN``), that holds
+    parameters of its own: it computes in float and no fault reaches it. After ``quantize_model`` (which warns about
+    them) these are the layers whose exact type has no row in ``QUANTIZED_TYPES`` (a Linear subclass of unknown
+    forward among them).
+
+    >>> float_layers(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Embedding(5, 2), nn.PReLU()))
+    ['0 (Linear)', '2 (Embedding)', '3 (PReLU)']
+    >>> float_layers(quantize_model(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Embedding(5, 2))))
     []
     """
-    inside = {id(sub) for _, m in quantized_layers(model) for sub in m.modules()}
+    twins = tuple(set(QUANTIZED_TYPES.values()))
+    inside = {id(sub) for m in model.modules() if isinstance(m, twins) for sub in m.modules()}
     return [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
-            if id(m) not in inside and any(p.dim() >= 2 for p in m.parameters(recurse=False))]
+            if id(m) not in inside and not isinstance(m, FLOAT_BY_DESIGN)
+            and any(True for _ in m.parameters(recurse=False))]
 
 
 @torch.no_grad()

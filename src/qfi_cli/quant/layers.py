@@ -12,7 +12,7 @@
 
 ``QuantizedLayerMixin`` composes them: the weight is the frozen weight or Q(w) (hooks see it), maybe faulty, then
 the weight hooks. The float-to-quantized mapping is data: ``QUANTIZED_TYPES`` (float type -> quantized type, by
-exact type), filled by ``@quantizes(float_type)``; a new layer type is one class here.
+exact type), filled by ``@quantizes(float_type)``; a new layer type is one class here or in ``layers_zoo``.
 """
 
 from __future__ import annotations
