@@ -52,7 +52,7 @@ MUTATIONS = [
      "def finished(slot: Slot, job: Job) -> dict[str, Any] | None:\n    return None\n\n\ndef _unused(slot, job):",
      ["tests/test_attack.py::test_sweep_command_attack_writes_points_resumes_and_reports"]),
     ("report section attack not registered", "src/qfi_cli/report/attack.py", "SECTION = register_section(Section(",
-     "SECTION = ((Section("),
+     "SECTION = (Section(", ["tests/test_attack.py::test_report_flips_to_target_over_seeds_with_censoring_and_failures"]),
 ]
 
 
