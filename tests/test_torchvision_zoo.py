@@ -46,7 +46,7 @@ SLOW = {"convnext_base", "convnext_large", "efficientnet_v2_l", "maxvit_t", "reg
         "resnext101_32x8d", "resnext101_64x4d", "swin_b", "swin_v2_b", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn",
         "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vit_l_16", "vit_l_32", "wide_resnet101_2"}
 # deep nets whose eval-mode activations at random init blow up (see settle_norms); on the others (efficientnet,
-# mnasnet, mobilenet_v2, shufflenet, regnet_y_1_6gf) batch-2 statistics in eval mode zero every gradient instead
+# mnasnet, mobilenet_v2, shufflenet, regnet_y_1_6gf) settling made every gradient 0 (cause not yet examined)
 SETTLE = {"inception_v3", "resnet152", "wide_resnet101_2"}
 GIANT = {"vit_h_14", "regnet_y_128gf"}
 
