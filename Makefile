@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 DEMO := demo_out
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench clean
+.PHONY: help install test demo bench zoo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,10 @@ demo: $(STAMP) ## Train on digits, inject-eval, sweep 6 BERs (joblib-free: basic
 	QFI_OUTPUTS=$(DEMO) $(BIN)/qfi inject-eval --ber 1e-3 --trials 20 --out $(DEMO)/inject
 	QFI_OUTPUTS=$(DEMO) $(BIN)/qfi sweep --bers 1e-5,1e-4,3e-4,1e-3,3e-3,1e-2 --trials 20 --out $(DEMO)/sweep
 	@echo "demo plot: $(DEMO)/sweep/ber_curve.png"
+
+zoo: $(STAMP) ## The whole torchvision zoo smoke test (make test runs its fast 57; this adds the 23 slow ones)
+	QFI_SLOW=1 $(BIN)/python -m pytest tests/test_torchvision_zoo.py -q
+	$(BIN)/python scripts/zoo_table.py
 
 # The bench extra (pytorchfi) is optional: if it does not install, its rows say "not installed" and the rest runs.
 $(BENCH_STAMP): $(STAMP)

@@ -61,7 +61,8 @@ def digest(out: Path) -> dict[str, object]:
     found = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if not path.is_file() or rel == "digest.json" or "/.hydra/" in f"/{rel}" or rel.endswith((".lock", ".log", ".pt", ".txt")):
+        skipped = rel == "digest.json" or "/.hydra/" in f"/{rel}" or rel.endswith((".lock", ".log", ".pt", ".txt"))
+        if not path.is_file() or skipped:
             continue
         if path.suffix == ".json" and not path.name.startswith("."):
             found[rel] = scrub(json.loads(path.read_text()))
