@@ -39,3 +39,13 @@ def test_dataclass_defaults_equal_the_shipped_yaml():
     differ = [f"{key}: dataclass {default!r}, yaml {value!r}" for key, default, value in pairs
               if default != value or type(default) is not type(value)]
     assert not differ, differ
+
+
+def test_a_model_may_pick_its_training_recipe_and_the_user_still_overrides_it():
+    # conf/model/vit_tiny.yaml selects conf/train/vit.yaml (40 epochs); the others keep train/default (15)
+    assert compose(["model=vit_tiny"])["train"]["epochs"] == 40
+    assert compose(["model=vit_tiny"])["train"]["lr"] == compose([])["train"]["lr"] == 0.05
+    assert compose(["model=digits_cnn"])["train"]["epochs"] == 15
+    assert compose(["model=vit_tiny", "train=default"])["train"]["epochs"] == 15
+    assert compose(["model=vit_tiny", "train.epochs=3"])["train"]["epochs"] == 3
+    assert compose(["model=vit_tiny", "recipe=sam"])["train"]["epochs"] == 40
