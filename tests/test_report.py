@@ -103,7 +103,7 @@ def test_summary_csv(sweep: Path) -> None:
         header = next(csv.reader(f))
     assert header == ["quant.wbits", "sam.rho", "ber", "trials", "clean_accuracy", "accuracy_mean", "accuracy_std",
                       "ci95_low", "ci95_high", "rerr_mean", "status", "error", "dir",  # documented, then appended:
-                      "train_seed", "fault_seed", "ci"]
+                      "train_seed", "fault_seed", "ci", "forwards"]
     assert len(table) == 8
     by_dir = {row["dir"]: row for row in table}
     p5 = by_dir["p5"]  # rho 0.05, ber 1e-2, accuracies 0.70 0.60 0.62

@@ -25,6 +25,7 @@ from typing import Any, Optional
 from qfi_cli.faults.config import FaultConfig
 from qfi_cli.quant.encoding import FLOAT_FORMATS
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
+from qfi_cli.stats import PrecisionRule
 from qfi_cli.user_code import TARGET, Trust, target_label
 from qfi_cli.typed import check_seed, coerce, require, section
 
@@ -184,9 +185,11 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """``eval``: trials per rate, batch size, test-set limit, the fault-pattern seed, the rates of one job, and
+    """``eval``: trials per rate, batch size, test-set limit, the fault-pattern seed, the rates of one job,
     where inject-eval records every trial's faulty bits (``save_faults``: relative paths lie in the run
-    directory)."""
+    directory), and the adaptive rule that replaces ``trials`` when ``precision`` is set: each rate runs
+    ``min_trials`` to ``max_trials`` trials until its 95% interval (a confidence sequence) is within +-precision
+    (``qfi_cli.stats.PrecisionRule``)."""
 
     trials: int = 10
     batch_size: int = 1000
@@ -194,16 +197,42 @@ class EvalConfig:
     fault_seed: int = 0
     bers: Optional[list[float]] = None
     save_faults: Optional[str] = None
+    precision: Optional[float] = None
+    min_trials: int = 10
+    max_trials: int = 1000
 
     def validated(self) -> "EvalConfig":
         require(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
+        require(self.precision is None or 0 < self.precision < 0.5,
+                f"eval.precision must lie in (0, 0.5) (0.01: the mean accuracy to +-1 point) or be null, "
+                f"got {self.precision}")
+        require(2 <= self.min_trials <= self.max_trials,
+                f"eval.min_trials and eval.max_trials must satisfy 2 <= min_trials <= max_trials, got "
+                f"{self.min_trials} and {self.max_trials}")
         require(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         require(self.limit is None or self.limit >= 1, f"eval.limit must be >= 1 or null, got {self.limit}")
         check_seed("eval.fault_seed", self.fault_seed)
         for ber in self.bers or ():
             require(0 <= ber <= 1, f"ber must lie in [0, 1], got {ber}")
         require(self.bers is None or len(self.bers) > 0, "eval.bers must name at least one rate (or be null)")
+        require(self.precision is None or self.save_faults is None,
+                "eval.precision stops each rate at its own trial count: --save-faults needs a fixed eval.trials "
+                "(set eval.precision=null)")
         return self
+
+    def stopping(self) -> Optional[PrecisionRule]:
+        """The adaptive stopping rule (``eval.precision``), or None: a fixed ``eval.trials``.
+
+        >>> EvalConfig(precision=0.01, max_trials=500).stopping()
+        PrecisionRule(precision=0.01, min_trials=10, max_trials=500, level=0.95)
+        >>> EvalConfig().stopping() is None, EvalConfig(trials=7).most_trials(), EvalConfig(precision=0.1).most_trials()
+        (True, 7, 1000)
+        """
+        return None if self.precision is None else PrecisionRule(self.precision, self.min_trials, self.max_trials)
+
+    def most_trials(self) -> int:
+        """The trials a rate may take: ``eval.trials``, or ``eval.max_trials`` with ``eval.precision``."""
+        return self.trials if self.precision is None else self.max_trials
 
 
 @dataclass

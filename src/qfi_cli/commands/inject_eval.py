@@ -13,8 +13,8 @@ import typer
 
 from qfi_cli.commands.base import Command, Job, Outcome, Request, Slot, finished_record, in_run, rate_dirname
 from qfi_cli.commands.base import rate_point, run_point
-from qfi_cli.commands.options import (Checkpoint, Out, Overrides, TrustCode, console, default, fail, float_text,
-                                      opt, rates_text, table)
+from qfi_cli.commands.options import (Checkpoint, Out, Overrides, Precision, TrustCode, console, default, fail,
+                                      float_text, opt, rates_text, table)
 from qfi_cli.layout import RESULTS
 
 
@@ -28,6 +28,7 @@ def options(
                                                 show_default=False)] = None,
     trials: Annotated[Optional[int], typer.Option(help="Independent fault patterns per rate.",
                                                   show_default="10")] = None,
+    precision: Precision = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the fault patterns (eval.fault_seed).",
                                                 show_default="0")] = None,
     save_faults: Annotated[Optional[Path], typer.Option("--save-faults", help="Record every trial's faulty bits "
@@ -49,6 +50,7 @@ def options(
     if bers is not None:
         ov.append(f"eval.bers=[{','.join(repr(b) for b in rates_text(bers))}]")
     opt(ov, "eval.trials", trials)
+    opt(ov, "eval.precision", precision)
     opt(ov, "eval.fault_seed", seed)
     opt(ov, "eval.save_faults", save_faults.resolve() if save_faults else None)
     opt(ov, "hydra.run.dir", out)
@@ -68,9 +70,12 @@ def show(outcome: Outcome, request: Request) -> None:
         ci = results["accuracy_ci95"]
         table("qfi inject-eval", {
             "ber": "-" if results["ber"] is None else f"{results['ber']:.3g}", "trials": results["trials"],
+            **({"stopped": f"{results['stopped']} (+-{results['precision']:g} wanted)"}
+               if results.get("precision") is not None else {}),
+            "forwards": results.get("forwards"),
             "clean accuracy": results["clean_accuracy"],
             "accuracy (mean ± std)": f"{results['accuracy_mean']:.4f} ± {results['accuracy_std']:.4f}",
-            "95% CI": "n/a (one trial)" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]",
+            "95% CI": "n/a (one trial)" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}] ({results['ci_method']})",
             "robust error (RErr)": results["rerr_mean"],
             **({"stored weights": f"{results['wbits_label']}: {results['bits_model']} bits "
                                   f"({results['bits_model'] / results['bits_all_wbits']:.2f}x all "
@@ -82,15 +87,20 @@ def show(outcome: Outcome, request: Request) -> None:
 
 
 def finished(slot: Slot, job: Job, ber: float | None, count: int | None) -> dict[str, Any] | None:
-    """A rate's earlier results when they are complete and were made with the same fault settings, trials and
-    fault seed."""
+    """A rate's earlier results when they are complete and were made with the same fault settings, fault seed and
+    trials (or the same adaptive rule: ``eval.precision``, ``min_trials``, ``max_trials``)."""
     cfg = job.cfg
     fault = cfg.fault.as_dict() | {"ber": ber, "count": count if count is not None else cfg.fault.count}
+    ev = cfg.eval
 
     def same(done: dict[str, Any]) -> bool:
-        return (done.get("fault") == fault and done.get("trials") == cfg.eval.trials
-                and done.get("fault_seed") == cfg.eval.fault_seed
-                and isinstance(done.get("accuracies"), list) and len(done["accuracies"]) == done.get("trials"))
+        complete = isinstance(done.get("accuracies"), list) and len(done["accuracies"]) == done.get("trials")
+        if ev.precision is None:
+            trials = done.get("trials") == ev.trials and done.get("precision") is None
+        else:
+            trials = ((done.get("precision"), done.get("min_trials"), done.get("max_trials"))
+                      == (ev.precision, ev.min_trials, ev.max_trials))
+        return complete and trials and done.get("fault") == fault and done.get("fault_seed") == ev.fault_seed
 
     return finished_record(slot.path, slot.point, same)
 

@@ -47,6 +47,10 @@ Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory.",
                                              show_default="outputs/<command>/<time>")]
 Checkpoint = Annotated[Optional[Path], typer.Option(help="model.pt to evaluate.",
                                                     show_default="the latest from `qfi train`")]
+Precision = Annotated[Optional[float], typer.Option(help="Run trials until the 95% interval of mean accuracy is "
+                                                         "within +-this (0.01: one point), between eval.min_trials "
+                                                         "and eval.max_trials; replaces --trials.",
+                                                    show_default=False)]
 TrustCode = Annotated[bool, typer.Option("--trust-code", help="Import the code (model._target_, data._target_) "
                                                               "that the checkpoint's saved config names; without "
                                                               "it only a _target_ this command line names is "

@@ -13,7 +13,7 @@ import typer
 
 from qfi_cli.commands.base import Command, Job, Outcome, Request, Slot, rate_dirname, rate_point, run_point
 from qfi_cli.commands.inject_eval import finished as rate_finished
-from qfi_cli.commands.options import Out, Overrides, TrustCode, console, fail, float_text, opt
+from qfi_cli.commands.options import Out, Overrides, Precision, TrustCode, console, fail, float_text, opt
 from qfi_cli.layout import BUDGET_CSV, BUDGET_PNG, RESULTS, SENSITIVITY_CSV, SENSITIVITY_PNG
 
 SENSITIVITY_BER = 0.01  # qfi sensitivity's rate unless --ber, --count or the overrides choose the faults
@@ -28,6 +28,7 @@ def options(
     count: Annotated[Optional[int], typer.Option(help="Exactly this many flipped bits per cell, instead of a "
                                                       "rate.", show_default=False)] = None,
     trials: Annotated[Optional[int], typer.Option(help="Fault patterns per cell.", show_default="10")] = None,
+    precision: Precision = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the fault patterns (eval.fault_seed).",
                                                 show_default="0")] = None,
     top: Annotated[Optional[int], typer.Option(help="Ranked cells to print.",
@@ -56,6 +57,7 @@ def options(
     if count is not None:
         ov += ["fault.model=bitflip_count", "fault.ber=null", f"fault.count={count}"]
     opt(ov, "eval.trials", trials)
+    opt(ov, "eval.precision", precision)
     opt(ov, "eval.fault_seed", seed)
     opt(ov, "sensitivity.top", top)
     if budget:

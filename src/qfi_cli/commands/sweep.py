@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from qfi_cli.commands.base import Command, Outcome, Request
-from qfi_cli.commands.options import Checkpoint, Out, Overrides, TrustCode, fail, opt, quote, rates_text
+from qfi_cli.commands.options import Checkpoint, Out, Overrides, Precision, TrustCode, fail, opt, quote, rates_text
 from qfi_cli.errors import QfiError
 from qfi_cli.layout import BER_CURVE, PAIRED, POINT_DIR_EXCLUDED, RERR_CURVE, SUMMARY, TABLE_CSV
 from qfi_cli.layout import TABLE_MD
@@ -38,6 +38,7 @@ def options(
                                                      "evaluated in one job per model.",
                                                 show_default=False)] = None,
     trials: Annotated[Optional[int], typer.Option(help="Fault patterns per point.", show_default="10")] = None,
+    precision: Precision = None,
     launcher: Annotated[str, typer.Option(help="Hydra launcher: basic, joblib, submitit_local, submitit_slurm "
                                                "(or slurm: the example in conf/hydra/launcher), ray (a local "
                                                "Ray instance).")] = "basic",
@@ -70,6 +71,7 @@ def options(
     if bers is not None:
         ov.append(f"eval.bers=[{','.join(repr(b) for b in rates_text(bers))}]")
     opt(ov, "eval.trials", trials)
+    opt(ov, "eval.precision", precision)
     if seed is not None:  # a sweep of training seeds (replicates): 0,1,2
         if not all(part.strip().isdigit() for part in seed.split(",")):
             fail(f"--seed takes whole numbers separated by commas (0,1,2), got {seed!r}")

@@ -27,16 +27,17 @@ from qfi_cli.io import load_checkpoint
 from qfi_cli.models import model_label
 from qfi_cli.progress import Reporter
 from qfi_cli.quant import frozen_weights, stored_record, weight_bits_total
-from qfi_cli.stats import METHOD, describe_ci, mean_ci
+from qfi_cli.stats import METHOD, SEQUENTIAL_METHOD, PrecisionRule, describe_ci, mean_ci
 from qfi_cli.user_code import Trust
 
 
-def mean_ci95(values: list[float]) -> tuple[float, float, list[float] | None]:
+def mean_ci95(values: list[float], sequential: bool = False) -> tuple[float, float, list[float] | None]:
     """Mean, sample standard deviation and 95% interval of the mean of values in [0, 1] (None below 2 values).
 
     The interval (``qfi_cli.stats.mean_ci``: betting, valid for any distribution on [0, 1]) covers the fault
     patterns (trials) of one model. Trial accuracies are skewed (most near clean, a rare collapse), so it reaches
-    down as far as the [0, 1] bound forces when the trials are few.
+    down as far as the [0, 1] bound forces when the trials are few. ``sequential``: the number of values was
+    chosen by looking at them (``eval.precision``): the confidence sequence's interval.
 
     >>> mean, std, ci = mean_ci95([0.5, 0.7])
     >>> round(mean, 12), round(std, 6), [round(v, 3) for v in ci]  # two values: little more than the bound
@@ -45,7 +46,7 @@ def mean_ci95(values: list[float]) -> tuple[float, float, list[float] | None]:
     n = len(values)
     mean = math.fsum(values) / n
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    low, high = mean_ci(values)
+    low, high = mean_ci(values, sequential=sequential)
     return mean, std, None if low is None else [low, high]
 
 
@@ -108,13 +109,17 @@ def rates(cfg: RunConfig) -> list[tuple[float | None, int | None]]:
 
 @dataclass
 class TrialStats:
-    """Per-trial outcomes of one fault setting: accuracy, robust error, changed bits; NaN/Inf counts."""
+    """Per-trial outcomes of one fault setting: accuracy, robust error, changed bits; NaN/Inf counts; the
+    forwards over the test set they took (a trial that changed no stored bit takes none); ``sequential``: the
+    trial count was chosen adaptively (``eval.precision``), so the intervals are the confidence sequence's."""
 
     accuracies: list[float] = field(default_factory=list)
     rerrs: list[float] = field(default_factory=list)
     flips: list[int] = field(default_factory=list)
     nan_trials: int = 0
     nonfinite: int = 0
+    forwards: int = 0
+    sequential: bool = False
 
     def summary(self) -> dict[str, Any]:
         """Means and 95% intervals (over trials; ``mean_ci``) of accuracy and RErr.
@@ -123,8 +128,8 @@ class TrialStats:
         >>> [round(v, 3) for v in s["accuracy_ci95"]], [round(v, 3) for v in s["rerr_ci95"]]
         ([0.667, 0.987], [0.013, 0.333])
         """
-        mean, std, ci = mean_ci95(self.accuracies)
-        rerr, _, rerr_ci = mean_ci95(self.rerrs)
+        mean, std, ci = mean_ci95(self.accuracies, self.sequential)
+        rerr, _, rerr_ci = mean_ci95(self.rerrs, self.sequential)
         return {"accuracy_mean": mean, "accuracy_std": std, "accuracy_ci95": ci, "rerr_mean": rerr,
                 "rerr_ci95": rerr_ci, "flips_mean": sum(self.flips) / len(self.flips)}
 
@@ -132,14 +137,16 @@ class TrialStats:
 def run_trials(model: torch.nn.Module, data: InMemoryDataset, injector: FaultInjector, trials: Iterable[int],
                clean: tuple[torch.Tensor, int], batch_size: int, limit: int | None = None, ber: float | None = None,
                count: int | None = None, before: Callable[[int], None] | None = None,
-               advance: Callable[[int, str], None] | None = None, label: str = "") -> TrialStats:
+               advance: Callable[[int, str], None] | None = None, label: str = "",
+               stop: PrecisionRule | None = None) -> TrialStats:
     """Evaluate ``model`` under the injector's trial ``t`` for each ``t`` in ``trials`` (at ``ber`` / ``count``).
 
     ``clean`` is ``predict_correct``'s answer without faults (RErr counts a sample wrong under faults or wrong
     when clean); a trial whose faults changed no stored bit of the frozen weights is the clean model, so it is
-    not evaluated again. ``before(t)`` runs before each trial, ``advance(1, status)`` after it.
+    not evaluated again. ``before(t)`` runs before each trial, ``advance(1, status)`` after it (and once with the
+    trials left out when ``stop`` ends the run early: its rule is asked after each trial).
     """
-    stats = TrialStats()
+    stats = TrialStats(sequential=stop is not None)
     trials = list(trials)
     clean_correct = clean[0]
     in_place = (injector.config.target == "weights" and injector.config.persistence == "trial"
@@ -150,6 +157,7 @@ def run_trials(model: torch.nn.Module, data: InMemoryDataset, injector: FaultInj
         with injector.trial(t, ber=ber, count=count):
             unchanged = in_place and injector.flips_total() == 0
             correct, bad = clean if unchanged else predict_correct(model, data, batch_size, limit)
+        stats.forwards += int(not unchanged)
         stats.accuracies.append(_fraction(correct))
         stats.rerrs.append(_fraction(~correct | ~clean_correct))
         stats.flips.append(injector.flips_total())
@@ -159,7 +167,28 @@ def run_trials(model: torch.nn.Module, data: InMemoryDataset, injector: FaultInj
             rate = f"ber {ber:.3g}" if ber is not None else f"count {count}" if count is not None else "profile"
             advance(1, f"{label}{rate} trial {t + 1}/{len(trials)} acc {stats.accuracies[-1]:.4f} "
                        f"flips {stats.flips[-1]}")
+        if stop is not None and stop.done(stats.accuracies):
+            if advance is not None and len(stats.accuracies) < len(trials):
+                advance(len(trials) - len(stats.accuracies), f"{label}precision reached after "
+                                                             f"{len(stats.accuracies)} trials")
+            break
     return stats
+
+
+def stopping_record(cfg: RunConfig, stats: TrialStats) -> dict[str, Any]:
+    """How a rate's trial count was decided: ``precision`` (null: a fixed ``eval.trials``), ``min_trials`` /
+    ``max_trials`` and ``stopped`` ("trials", "precision": the interval reached +-precision, "max_trials": the cap
+    came first).
+
+    >>> cfg = RunConfig.from_dict({"eval": {"precision": 0.05, "max_trials": 20}})
+    >>> stopping_record(cfg, TrialStats([0.9] * 20, sequential=True))["stopped"]
+    'max_trials'
+    """
+    rule = cfg.eval.stopping()
+    if rule is None or not stats.sequential:
+        return {"precision": None, "stopped": "trials"}
+    return {"precision": rule.precision, "min_trials": rule.min_trials, "max_trials": rule.max_trials,
+            "stopped": "precision" if rule.precise(stats.accuracies) else "max_trials"}
 
 
 def result_record(cfg: RunConfig, stats: TrialStats, injector: FaultInjector, model: torch.nn.Module,
@@ -173,8 +202,9 @@ def result_record(cfg: RunConfig, stats: TrialStats, injector: FaultInjector, mo
         "fault_seed": fault_seed,
         "clean_accuracy": _fraction(clean_correct),
         "accuracy_mean": summary["accuracy_mean"], "accuracy_std": summary["accuracy_std"],
-        "accuracy_ci95": summary["accuracy_ci95"], "ci_method": METHOD, "ci_covers": describe_ci(1),
-        "rerr_mean": summary["rerr_mean"],
+        "accuracy_ci95": summary["accuracy_ci95"], "ci_method": SEQUENTIAL_METHOD if stats.sequential else METHOD,
+        "ci_covers": describe_ci(1, sequential=stats.sequential), "rerr_mean": summary["rerr_mean"],
+        "rerr_ci95": summary["rerr_ci95"], "forwards": stats.forwards, **stopping_record(cfg, stats),
         "accuracies": stats.accuracies, "rerrs": stats.rerrs, "flips": stats.flips,
         "bits_total": injector.exposed_weight_bits(), "bits_model": weight_bits_total(model),
         **stored_record(model, saved["quant"]["wbits"]),
@@ -211,7 +241,7 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     cfg.fault.check_run(cfg, "inject_eval")  # the pre-check's rules, for a config made for another command
     if save_faults is not None:
         cfg.fault.check_recordable()
-    fault, trials, levels, fault_seed = cfg.fault, cfg.eval.trials, rates(cfg), cfg.eval.fault_seed
+    fault, trials, levels, fault_seed = cfg.fault, cfg.eval.most_trials(), rates(cfg), cfg.eval.fault_seed
     device = resolve_device(cfg.device)
     model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
     batch_size, limit = cfg.eval.batch_size, cfg.eval.limit
@@ -236,7 +266,7 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
                 for i, (ber, count) in enumerate(levels):
                     stats = run_trials(model, data, injector, range(trials), clean, batch_size, limit, ber,
                                        count, before=None if recorder is None else lambda t: recorder.begin(i, t),
-                                       advance=advance)
+                                       advance=advance, stop=cfg.eval.stopping())
                     result = result_record(cfg, stats, injector, model, ckpt, checkpoint, clean_correct, ber, count,
                                            fault_seed, device, time.perf_counter() - start)
                     if save_faults is not None and i == len(levels) - 1:

@@ -84,6 +84,18 @@ class SensitivityResult:
     budget: list[BudgetPoint] = field(default_factory=list)
     seconds: float = 0.0
     top: int = 10  # how many ranked cells to print (sensitivity.top)
+    precision: float | None = None  # eval.precision: each cell ran trials until +-precision (trials: the cap)
+
+    def trials_text(self, each: str = "each") -> str:
+        """How many trials each cell (point) ran, for titles.
+
+        >>> r = SensitivityResult(0.01, None, 1000, 0.98, 0.02, [], [], {}, precision=0.02)
+        >>> r.trials_text(), dataclasses.replace(r, trials=10, precision=None).trials_text("per cell")
+        ('trials each until the 95% CI is within +-2 points', '10 trials per cell')
+        """
+        if self.precision is None:
+            return f"{self.trials} trials {each}"
+        return f"trials {each} until the 95% CI is within +-{100 * self.precision:g} points"
 
     def ranked(self) -> list[Cell]:
         """Measured cells, highest RErr first (ties: layer order, MSB first)."""
@@ -92,7 +104,7 @@ class SensitivityResult:
 
 
 def _clean_stats(trials: int, accuracy: float, error: float) -> TrialStats:
-    """What trials without any exposed bit give: the clean accuracy (and error) every time."""
+    """What trials without any exposed bit give: the clean accuracy (and error) every time, with no forward."""
     return TrialStats([accuracy] * trials, [error] * trials, [0] * trials)
 
 
@@ -118,7 +130,7 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     levels = rates(cfg)
     device = resolve_device(cfg.device)
     model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
-    batch_size, limit, trials, seed = cfg.eval.batch_size, cfg.eval.limit, cfg.eval.trials, cfg.eval.fault_seed
+    batch_size, limit, trials, seed = cfg.eval.batch_size, cfg.eval.limit, cfg.eval.most_trials(), cfg.eval.fault_seed
     stored = weight_bits_total(model)
     results = []
     with frozen_weights(model) if fault.persistence == "trial" else nullcontext():
@@ -142,7 +154,8 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
                 result = SensitivityResult(ber, count, trials, clean_accuracy, clean_error, cells,
                                            [(n, m.weight.numel(), m.wbits) for n, m, _ in plan], whole,
                                            {n: (m.frozen_encoding or m.quantize_weight_clean()[1]).float_format
-                                            for n, m, _ in plan}, top=cfg.sensitivity.top)
+                                            for n, m, _ in plan}, top=cfg.sensitivity.top,
+                                           precision=cfg.eval.precision)
                 if cfg.sensitivity.budget:
                     result.budget = _budget(result, fault, exposed0, stored, whole_stats,
                                             lambda rules, label: measure(
@@ -160,18 +173,18 @@ def _measure(model: Any, data: Any, cfg: RunConfig, clean: tuple[Any, int], conf
              count: int | None, advance: Callable, label: str) -> tuple[TrialStats, int]:
     """Trials of the model under ``config`` at ``ber`` / ``count`` (the clean result where no bit is exposed), and
     the bits exposed."""
-    trials, correct = cfg.eval.trials, clean[0]
+    trials, correct, rule = cfg.eval.most_trials(), clean[0], cfg.eval.stopping()
     with FaultInjector(model, config, seed=cfg.eval.fault_seed) as injector:
         exposed = injector.exposed_weight_bits()
-        if exposed == 0:
+        if exposed == 0:  # known without a trial: as many as a fixed run (or the adaptive minimum) would show
             advance(trials, f"{label}protected")
-            return _clean_stats(trials, int(correct.sum()) / correct.numel(),
+            return _clean_stats(trials if rule is None else rule.min_trials, int(correct.sum()) / correct.numel(),
                                 int((~correct).sum()) / correct.numel()), 0
         if count is not None and count > exposed:
             raise QfiError(f"--count {count} exceeds the {exposed} bits of {label.strip()}: give a smaller "
                            "count or a rate (--ber)")
         return run_trials(model, data, injector, range(trials), clean, cfg.eval.batch_size, cfg.eval.limit, ber,
-                          count, advance=advance, label=label), exposed
+                          count, advance=advance, label=label, stop=rule), exposed
 
 
 def _plan(model: Any, fault: FaultConfig, seed: int) -> tuple[list[tuple[str, Any, list[int]]], int]:

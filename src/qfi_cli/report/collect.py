@@ -40,8 +40,7 @@ RECIPE_ORDER = ("normal", "rquant", "clipping", "randbet", "advbet", "sam", "sam
                 "sam_advbet")
 # The columns of a row after the swept keys, in summary.csv order (the first eleven are the documented ones).
 COLUMNS = ("ber", "trials", "clean_accuracy", "accuracy_mean", "accuracy_std", "ci95_low", "ci95_high",
-           "rerr_mean", "status", "error", "dir", "train_seed", "fault_seed", "ci")
-POINT_CI = describe_ci(1)  # a point is one model: its interval covers the fault patterns only
+           "rerr_mean", "status", "error", "dir", "train_seed", "fault_seed", "ci", "forwards")
 SHARPNESS = ("sharpness_worst", "sharpness_random")
 
 
@@ -156,13 +155,16 @@ def _ok_fields(res: dict, point: dict) -> dict[str, Any]:
     for key in ("model", "dataset", "recipe"):
         if res.get(key) is not None and not isinstance(res[key], str):
             raise Invalid(f"{key} is {show(res[key])}, not a string")
-    low, high = mean_ci(accuracies)
+    adaptive = res.get("precision") is not None  # trials stopped at a precision: the confidence sequence's interval
+    low, high = mean_ci(accuracies, sequential=adaptive)
     return {
         "ber": ber, "trials": trials, "clean_accuracy": number(res, "clean_accuracy"),
         "accuracy_mean": mean, "accuracy_std": number(res, "accuracy_std", high=None, required=False),
         "ci95_low": low, "ci95_high": high, "rerr_mean": rerr_mean,
         "train_seed": integer(res, "seed", required=False),
-        "fault_seed": integer(res, "fault_seed", required=False), "ci": POINT_CI if low is not None else "",
+        "fault_seed": integer(res, "fault_seed", required=False),
+        "ci": describe_ci(1, sequential=adaptive) if low is not None else "",
+        "forwards": integer(res, "forwards", low=0, required=False), "_sequential": adaptive,
         "_accuracies": accuracies, "_rerrs": rerrs,
         "_model": res.get("model"), "_dataset": res.get("dataset"), "_recipe": res.get("recipe"),
         "_wbits": integer(res, "wbits", low=1, required=False),

@@ -35,7 +35,7 @@ def render_table(rows: list[dict[str, Any]], console: Console | None = None, stu
     trials = sorted({t for cell in study.cells.values() for t in cell.trials})
     title = "Accuracy and RErr under bit errors, mean over training seeds"
     title += f", {trials[0]} trials per point" if len(trials) == 1 else ""
-    table = _table(title, describe_ci(study.seed_counts() or [1]))
+    table = _table(title, describe_ci(study.seed_counts() or [1], sequential=study.sequential))
     keys = study.factors or ["config"]
     for k in keys:
         table.add_column(k, no_wrap=True, min_width=min(len(k), 24), max_width=40)
@@ -95,8 +95,9 @@ def render_paired(pairs: list[Pair], console: Console | None = None, everything:
         shown = group if everything else [p for p in group if p.baseline == first]
         left += len(group) - len(shown)
         seeds = sorted({p.seeds for p in shown})
+        adaptive = any(p.sequential for p in shown)
         table = _table(f"{factor}: paired differences value - baseline (same training seed, same faults), "
-                       "percentage points", f"{describe_ci(seeds)}; {MARK}: the CI excludes 0")
+                       "percentage points", f"{describe_ci(seeds, sequential=adaptive)}; {MARK}: the CI excludes 0")
         for name, justify in (("baseline", "left"), ("value", "left"), ("at", "left"), ("BER", "right"),
                               ("seeds", "right"), ("accuracy", "right"), ("RErr", "right")):
             table.add_column(name, justify=justify, no_wrap=name not in ("at",))

@@ -137,7 +137,7 @@ def _legend_note(ok: list[dict[str, Any]], study: Study) -> str | None:
         n_seeds = str(min(seeds)) if min(seeds) == max(seeds) else f"{min(seeds)}-{max(seeds)}"
         plural = "" if n_seeds == "1" else "s"
         note = (f"{n_trials} trials per point, {n_seeds} training seed{plural} per line (mean over seeds)\n"
-                f"band: {describe_ci(seeds)}")
+                f"band: {describe_ci(seeds, sequential=study.sequential)}")
     return note
 
 

@@ -28,11 +28,11 @@ from rich.table import Table
 from qfi_cli.io import atomic_write
 from qfi_cli.layout import BUDGET_CSV, BUDGET_PNG, SENSITIVITY_CSV, SENSITIVITY_PNG
 from qfi_cli.report.format import fmt_p, pct, write_csv
-from qfi_cli.stats import METHOD, describe_ci
+from qfi_cli.stats import METHOD, SEQUENTIAL_METHOD, describe_ci
 
 CELL_COLUMNS = ("layer", "bit", "bit_role", "width", "bits_exposed", "trials", "flips_mean", "accuracy_mean",
                 "accuracy_ci95_low", "accuracy_ci95_high", "rerr_mean", "rerr_ci95_low", "rerr_ci95_high",
-                "rerr_increase", "rank", "nan_trials", "protected")
+                "rerr_increase", "rank", "nan_trials", "protected", "forwards")
 BUDGET_COLUMNS = ("strategy", "step", "added", "bits_protected", "fraction_protected", "accuracy_mean",
                   "accuracy_ci95_low", "accuracy_ci95_high", "rerr_mean", "rerr_ci95_low", "rerr_ci95_high",
                   "flips_mean")
@@ -67,14 +67,15 @@ def cell_rows(result: Any) -> list[dict[str, Any]]:
         s = c.summary()
         rows.append({
             "layer": c.layer, "bit": c.bit, "bit_role": bit_role(c.bit, c.width, result.storage.get(c.layer)),
-            "width": c.width, "bits_exposed": c.bits_exposed, "trials": result.trials,
+            "width": c.width, "bits_exposed": c.bits_exposed,
+            "trials": result.trials if c.stats is None else len(c.stats.accuracies),
             "flips_mean": s.get("flips_mean"), "accuracy_mean": s.get("accuracy_mean"),
             "accuracy_ci95_low": _ci(s, "accuracy_ci95", 0), "accuracy_ci95_high": _ci(s, "accuracy_ci95", 1),
             "rerr_mean": s.get("rerr_mean"), "rerr_ci95_low": _ci(s, "rerr_ci95", 0),
             "rerr_ci95_high": _ci(s, "rerr_ci95", 1),
             "rerr_increase": None if c.stats is None else s["rerr_mean"] - result.clean_error,
             "rank": ranks.get(id(c)), "nan_trials": None if c.stats is None else c.stats.nan_trials,
-            "protected": c.stats is None})
+            "protected": c.stats is None, "forwards": 0 if c.stats is None else c.stats.forwards})
     return rows
 
 
@@ -151,7 +152,7 @@ def sensitivity_figure(result: Any) -> Any:
     bar.set_label(f"RErr (%) with faults in that cell only\n(square-root scale; lightest = clean error {clean:.2f}%)",
                   fontsize=9)
     whole = 100 * result.whole["rerr_mean"]
-    fig.suptitle(f"{_title(result)}: where faults hurt ({_rate(result)}, {result.trials} trials per cell)",
+    fig.suptitle(f"{_title(result)}: where faults hurt ({_rate(result)}, {result.trials_text('per cell')})",
                  fontsize=12)
     ax.set_title(f"whole model at the same rate: RErr {whole:.2f}%", fontsize=9, color="0.3")
     return fig
@@ -204,8 +205,9 @@ def budget_figure(result: Any) -> Any:
     ax.set_xlabel("stored weight bits protected (%, symmetric log scale)", fontsize=10)
     ax.set_ylabel("robust error RErr (%), whole model", fontsize=10)
     ax.grid(True, alpha=0.35)
-    ax.legend(fontsize=8, loc="upper right", title=f"bands: 95% CI, {METHOD}, over the trials", title_fontsize=8)
-    fig.suptitle(f"{_title(result)}: protection budget ({_rate(result)}, {result.trials} trials per point)",
+    method = SEQUENTIAL_METHOD if result.precision is not None else METHOD
+    ax.legend(fontsize=8, loc="upper right", title=f"bands: 95% CI, {method}, over the trials", title_fontsize=8)
+    fig.suptitle(f"{_title(result)}: protection budget ({_rate(result)}, {result.trials_text('per point')})",
                  fontsize=12)
     return fig
 
@@ -239,10 +241,11 @@ def render_sensitivity(result: Any, console: Console | None = None, top: int | N
     console = console or Console()
     top = result.top if top is None else top
     table = Table(title=f"{_title(result)}: the {min(top, len(result.ranked()))} most sensitive cells "
-                        f"({_rate(result)}, {result.trials} trials each)",
+                        f"({_rate(result)}, {result.trials_text()})",
                   caption=f"bits: bits exposed in the cell; flips: changed bits per trial; +pp: RErr above the "
                           f"clean error {pct(result.clean_error)}%; whole model at this rate: RErr "
-                          f"{pct(result.whole['rerr_mean'])}%; {describe_ci(1)}",
+                          f"{pct(result.whole['rerr_mean'])}%; "
+                          f"{describe_ci(1, sequential=result.precision is not None)}",
                   title_style="bold", caption_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for name, justify in (("#", "right"), ("layer", "left"), ("bit", "right"), ("bits", "right"),
                           ("flips", "right"), ("RErr % [95% CI]", "right"), ("+pp", "right")):

@@ -91,6 +91,7 @@ class Pair:
     rerr: Estimate
     a: Config
     b: Config
+    sequential: bool = False  # some trial count was chosen adaptively: confidence-sequence intervals
 
 
 @dataclass
@@ -113,6 +114,12 @@ class Study:
         return ({s for c in self.cells.values() if c.config == config for s in c.seeds}
                 | {r["_seed"] for r in self.attacks.get(config.key, []) if r.get("_seed") is not None})
 
+    @property
+    def sequential(self) -> bool:
+        """Whether some cell stopped its trials adaptively (``eval.precision``): its intervals, and so the report's
+        wording, are the confidence sequence's."""
+        return any(sequential(c.rows) for c in self.cells.values())
+
     def seed_counts(self) -> list[int]:
         """The number of training seeds of each configuration (over its cells and attacks)."""
         return [len(self.seeds(cfg)) for cfg in self.configs]
@@ -132,15 +139,26 @@ def _mean(values: list[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
-def _estimate(groups: list[list[float]], lo: float = 0.0) -> Estimate:
-    """Mean over seeds of the per-seed means and its interval; values in [lo, 1] (lo = -1: paired differences)."""
-    low, high = two_level_ci(groups, lo=lo)
+def _estimate(groups: list[list[float]], lo: float = 0.0, sequential: bool = False) -> Estimate:
+    """Mean over seeds of the per-seed means and its interval; values in [lo, 1] (lo = -1: paired differences);
+    ``sequential``: some trial count was chosen adaptively (``eval.precision``): the confidence sequence's."""
+    low, high = two_level_ci(groups, lo=lo, sequential=sequential)
     return Estimate(mean_of_means(groups), low, high)
+
+
+def sequential(rows: list[dict[str, Any]]) -> bool:
+    """Whether any of ``rows`` stopped its trials adaptively (``eval.precision``): intervals over them are then
+    the confidence sequence's (``qfi_cli.stats``).
+
+    >>> sequential([{"_sequential": False}, {"_sequential": True}]), sequential([{}])
+    (True, False)
+    """
+    return any(r.get("_sequential") for r in rows)
 
 
 def _rerr(rows: list[dict[str, Any]]) -> tuple[Estimate, bool]:
     if all(r.get("_rerrs") is not None for r in rows):
-        return _estimate([r["_rerrs"] for r in rows]), True
+        return _estimate([r["_rerrs"] for r in rows], sequential=sequential(rows)), True
     means = [r.get("rerr_mean") for r in rows]
     return Estimate(None if None in means else _mean(means)), False
 
@@ -170,9 +188,10 @@ def _one_per_seed(rows: list[dict[str, Any]], notes: list[str]) -> list[dict[str
 
 
 def _pairable(ra: dict[str, Any], rb: dict[str, Any]) -> bool:
-    """Trial t of both saw the same faults: same fault seed, trial count and data set."""
+    """Trial t of both saw the same faults: same fault seed and data set, and the same trial count (adaptively
+    stopped rows: their common first trials, where the confidence sequence is valid too)."""
     return (ra.get("_fault_key") is not None and ra.get("_fault_key") == rb.get("_fault_key")
-            and ra["trials"] == rb["trials"] and ra.get("_dataset") == rb.get("_dataset"))
+            and (ra["trials"] == rb["trials"] or sequential([ra, rb])) and ra.get("_dataset") == rb.get("_dataset"))
 
 
 def _paired(ca: Cell, cb: Cell, factor: str) -> Pair | None:
@@ -184,10 +203,12 @@ def _paired(ca: Cell, cb: Cell, factor: str) -> Pair | None:
     acc = [[b - a for a, b in zip(ra["_accuracies"], rb["_accuracies"])] for ra, rb in matched]
     with_rerrs = all(ra.get("_rerrs") is not None and rb.get("_rerrs") is not None for ra, rb in matched)
     rerr = [[b - a for a, b in zip(ra["_rerrs"], rb["_rerrs"])] for ra, rb in matched] if with_rerrs else None
+    adaptive = sequential([r for pair in matched for r in pair])
     return Pair(factor, ca.config.values[factor], cb.config.values[factor],
                 {k: v for k, v in ca.config.values.items() if k != factor}, ca.ber, len(matched),
-                sorted({ra["trials"] for ra, _ in matched}), _estimate(acc, lo=-1.0),
-                _estimate(rerr, lo=-1.0) if rerr is not None else Estimate(None), ca.config, cb.config)
+                sorted({len(d) for d in acc}), _estimate(acc, lo=-1.0, sequential=adaptive),
+                _estimate(rerr, lo=-1.0, sequential=adaptive) if rerr is not None else Estimate(None), ca.config,
+                cb.config, adaptive)
 
 
 def _configs(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, Config]:
@@ -209,7 +230,8 @@ def _cells(ok: list[dict[str, Any]], keys: list[str], configs: dict[tuple, Confi
     for (key, ber), group in grouped.items():
         kept = _one_per_seed(group, notes)
         rerr, per_trial = _rerr(kept)
-        cells[(key, ber)] = Cell(configs[key], ber, kept, _estimate([r["_accuracies"] for r in kept]), rerr,
+        cells[(key, ber)] = Cell(configs[key], ber, kept,
+                                 _estimate([r["_accuracies"] for r in kept], sequential=sequential(kept)), rerr,
                                  per_trial)
     return cells
 

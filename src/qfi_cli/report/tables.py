@@ -159,7 +159,7 @@ def baseline_columns(study: Study) -> tuple[list[Column], list[str]]:
     seeds = sorted({p.seeds for p in study.pairs if p.factor == RECIPE_KEY})
     legend = [f"ΔRErr vs normal: paired difference recipe - normal in percentage points (negative: fewer robust "
               f"errors than normal), at the same other factor values, pairing each training seed with the same "
-              f"seed of normal and each trial with the same fault pattern; {describe_ci(seeds or [1])}. "
+              f"seed of normal and each trial with the same fault pattern; {describe_ci(seeds or [1], sequential=study.sequential)}. "
               f"{MARK}: the 95% CI excludes 0."]
     return columns, legend
 
@@ -200,7 +200,7 @@ def _describe(study: Study, rows: list[dict[str, Any]]) -> dict[str, str]:
                    else f"fault seeds {', '.join(fault)}"),
         "failed": (f"{bad} of {len(rows)} points failed or could not be read and are left out (see "
                    f"{SUMMARY})." if bad else ""),
-        "ci": describe_ci(study.seed_counts() or [1]),
+        "ci": describe_ci(study.seed_counts() or [1], sequential=study.sequential),
     }
 
 
@@ -246,7 +246,8 @@ def write_study_table(sweep_dir: str | Path, study: Study, rows: list[dict[str, 
     lines += [""] + [f"- {_md_escape(line)}" for line in extra] if extra else []
     md = atomic_write(root / TABLE_MD, lambda f: f.write("\n".join(lines) + "\n"), mode="w")
     header = [name for col in columns for name in col.csv] + ["ci"]
-    ci = describe_seed_range() if study.attacks_only else describe_ci(study.seed_counts() or [1])
+    ci = (describe_seed_range() if study.attacks_only
+          else describe_ci(study.seed_counts() or [1], sequential=study.sequential))
     body = [[v for _, values in line for v in values] + [ci] for line in cells]
     return md, write_csv(root / TABLE_CSV, header, body)
 
@@ -266,7 +267,7 @@ def paired_rows(pairs: list[Pair]) -> list[dict[str, Any]]:
                     "acc_diff_pp_high": _num(p.accuracy.high), "acc_ci_excludes_0": _yes(p.accuracy.excludes_zero),
                     "rerr_diff_pp": _num(p.rerr.mean), "rerr_diff_pp_low": _num(p.rerr.low),
                     "rerr_diff_pp_high": _num(p.rerr.high), "rerr_ci_excludes_0": _yes(p.rerr.excludes_zero),
-                    "a": p.a.label, "b": p.b.label, "ci": describe_ci(p.seeds)})
+                    "a": p.a.label, "b": p.b.label, "ci": describe_ci(p.seeds, sequential=p.sequential)})
     return out
 
 
