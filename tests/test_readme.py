@@ -27,7 +27,8 @@ overrides an example's ``--epochs 10``), chosen by command (``sized``):
 
 - ``train`` and ``sweep --train``: ``train.epochs=1 train.limit=64`` (one epoch on 64 samples); an example that
   asks for 0 epochs (post-training quantization) keeps 0.
-- ``inject-eval``, ``sensitivity``, ``sweep``: ``eval.trials=2 eval.limit=100`` (2 fault patterns, 100 test images).
+- ``inject-eval``, ``sensitivity``, ``sweep``: ``eval.trials=2 eval.limit=100`` (2 fault patterns, 100 test images)
+  and ``eval.min_trials=2 eval.max_trials=20`` (``--precision``: at most 20 patterns).
 - ``attack`` and ``command=attack``: ``attack.flips=3 attack.random_trials=2 attack.batch=32 eval.limit=100``.
 - every command: ``device=cpu``; the big grids are narrowed (``NARROW``): the study to two recipes at 8 bits and
   seed 0, the attack study to two recipes and seed 0.
@@ -73,7 +74,7 @@ from tests.test_data import write_cifar, write_mnist
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 TRAIN = ["train.epochs=1", "train.limit=64"]
-EVAL = ["eval.trials=2", "eval.limit=100"]
+EVAL = ["eval.trials=2", "eval.limit=100", "eval.min_trials=2", "eval.max_trials=20"]
 ATTACK = ["attack.flips=3", "attack.random_trials=2", "attack.batch=32", "eval.limit=100"]
 # Substring of an example -> overrides that narrow its grid (appended after the example's own).
 NARROW = {

@@ -189,7 +189,8 @@ class EvalConfig:
     where inject-eval records every trial's faulty bits (``save_faults``: relative paths lie in the run
     directory), and the adaptive rule that replaces ``trials`` when ``precision`` is set: each rate runs
     ``min_trials`` to ``max_trials`` trials until its 95% interval (a confidence sequence) is within +-precision
-    (``qfi_cli.stats.PrecisionRule``)."""
+    (``qfi_cli.stats.PrecisionRule``). ``prefix_reuse``: a trial's forwards recompute only what its faulty layers
+    feed (``qfi_cli.engine.prefix``; bit-identical results)."""
 
     trials: int = 10
     batch_size: int = 1000
@@ -200,6 +201,7 @@ class EvalConfig:
     precision: Optional[float] = None
     min_trials: int = 10
     max_trials: int = 1000
+    prefix_reuse: bool = True
 
     def validated(self) -> "EvalConfig":
         require(self.trials >= 1, f"trials must be >= 1, got {self.trials}")

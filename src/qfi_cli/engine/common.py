@@ -101,8 +101,17 @@ def predict_correct(model: nn.Module, data: InMemoryDataset, batch_size: int,
     samples whose logits were not finite."""
     correct, nonfinite = [], 0
     for x, y in data.batches("test", batch_size, limit=limit):
-        logits = model(x)
-        finite = torch.isfinite(logits).all(1)
-        nonfinite += int((~finite).sum())
-        correct.append((logits.argmax(1) == y) & finite)
+        right, bad = scored(model(x), y)
+        correct.append(right)
+        nonfinite += bad
     return torch.cat(correct), nonfinite
+
+
+def scored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Per-sample correctness of ``logits`` (non-finite rows count as wrong) and the number of non-finite rows.
+
+    >>> scored(torch.tensor([[0.0, 1.0], [2.0, float("nan")]]), torch.tensor([1, 0]))
+    (tensor([ True, False]), 1)
+    """
+    finite = torch.isfinite(logits).all(1)
+    return (logits.argmax(1) == labels) & finite, int((~finite).sum())

@@ -21,6 +21,7 @@ import torch
 from qfi_cli.config import DataConfig, RunConfig
 from qfi_cli.data import InMemoryDataset
 from qfi_cli.engine.common import build_quantized_model, load_data, predict_correct, resolve_device
+from qfi_cli.engine.prefix import PrefixReuse, writes_in_place
 from qfi_cli.errors import QfiError, first_line
 from qfi_cli.faults import FaultInjector
 from qfi_cli.io import load_checkpoint
@@ -138,25 +139,27 @@ def run_trials(model: torch.nn.Module, data: InMemoryDataset, injector: FaultInj
                clean: tuple[torch.Tensor, int], batch_size: int, limit: int | None = None, ber: float | None = None,
                count: int | None = None, before: Callable[[int], None] | None = None,
                advance: Callable[[int, str], None] | None = None, label: str = "",
-               stop: PrecisionRule | None = None) -> TrialStats:
+               stop: PrecisionRule | None = None, reuse: PrefixReuse | None = None) -> TrialStats:
     """Evaluate ``model`` under the injector's trial ``t`` for each ``t`` in ``trials`` (at ``ber`` / ``count``).
 
     ``clean`` is ``predict_correct``'s answer without faults (RErr counts a sample wrong under faults or wrong
     when clean); a trial whose faults changed no stored bit of the frozen weights is the clean model, so it is
     not evaluated again. ``before(t)`` runs before each trial, ``advance(1, status)`` after it (and once with the
-    trials left out when ``stop`` ends the run early: its rule is asked after each trial).
+    trials left out when ``stop`` ends the run early: its rule is asked after each trial). ``reuse``: forwards
+    recompute only what the faulty layers feed (``qfi_cli.engine.prefix``; the same results bit for bit).
     """
     stats = TrialStats(sequential=stop is not None)
     trials = list(trials)
     clean_correct = clean[0]
-    in_place = (injector.config.target == "weights" and injector.config.persistence == "trial"
-                and all(m.frozen_weight is not None for _, m in injector.layers))
+    in_place = writes_in_place(injector)
+    predict = reuse.for_injector(injector, data, batch_size, limit) if reuse is not None else None
+    predict = predict or (lambda: predict_correct(model, data, batch_size, limit))
     for t in trials:
         if before is not None:
             before(t)
         with injector.trial(t, ber=ber, count=count):
             unchanged = in_place and injector.flips_total() == 0
-            correct, bad = clean if unchanged else predict_correct(model, data, batch_size, limit)
+            correct, bad = clean if unchanged else predict()
         stats.forwards += int(not unchanged)
         stats.accuracies.append(_fraction(correct))
         stats.rerrs.append(_fraction(~correct | ~clean_correct))
@@ -259,6 +262,7 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
                                      model_name=model_label(ckpt["config"]["model"]))
             injector.recorder = recorder.add
         with frozen_weights(model) if fault.persistence == "trial" else nullcontext():
+            reuse = PrefixReuse.build(model) if cfg.eval.prefix_reuse else None
             with injector.disabled():
                 clean = predict_correct(model, data, batch_size, limit)
             clean_correct = clean[0]
@@ -266,7 +270,7 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
                 for i, (ber, count) in enumerate(levels):
                     stats = run_trials(model, data, injector, range(trials), clean, batch_size, limit, ber,
                                        count, before=None if recorder is None else lambda t: recorder.begin(i, t),
-                                       advance=advance, stop=cfg.eval.stopping())
+                                       advance=advance, stop=cfg.eval.stopping(), reuse=reuse)
                     result = result_record(cfg, stats, injector, model, ckpt, checkpoint, clean_correct, ber, count,
                                            fault_seed, device, time.perf_counter() - start)
                     if save_faults is not None and i == len(levels) - 1:

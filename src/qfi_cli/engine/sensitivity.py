@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from qfi_cli.config import RunConfig
 from qfi_cli.engine.common import predict_correct, resolve_device
+from qfi_cli.engine.prefix import PrefixReuse
 from qfi_cli.engine.evaluate import TrialStats, load_trained, rates, result_record, run_trials
 from qfi_cli.errors import QfiError
 from qfi_cli.faults import FaultInjector
@@ -139,7 +140,8 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
         clean_accuracy = int(clean_correct.sum()) / clean_correct.numel()
         clean_error = int((~clean_correct).sum()) / clean_correct.numel()  # exactly what a fault-free trial gives
 
-        measure = functools.partial(_measure, model, data, cfg, clean)
+        reuse = PrefixReuse.build(model) if cfg.eval.prefix_reuse else None
+        measure = functools.partial(_measure, model, data, cfg, clean, reuse)
         for ber, count in levels:
             start = time.perf_counter()
             plan, exposed0 = _plan(model, fault, seed)
@@ -169,8 +171,9 @@ def sensitivity(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     return results
 
 
-def _measure(model: Any, data: Any, cfg: RunConfig, clean: tuple[Any, int], config: FaultConfig, ber: float | None,
-             count: int | None, advance: Callable, label: str) -> tuple[TrialStats, int]:
+def _measure(model: Any, data: Any, cfg: RunConfig, clean: tuple[Any, int], reuse: PrefixReuse | None,
+             config: FaultConfig, ber: float | None, count: int | None, advance: Callable,
+             label: str) -> tuple[TrialStats, int]:
     """Trials of the model under ``config`` at ``ber`` / ``count`` (the clean result where no bit is exposed), and
     the bits exposed."""
     trials, correct, rule = cfg.eval.most_trials(), clean[0], cfg.eval.stopping()
@@ -184,7 +187,7 @@ def _measure(model: Any, data: Any, cfg: RunConfig, clean: tuple[Any, int], conf
             raise QfiError(f"--count {count} exceeds the {exposed} bits of {label.strip()}: give a smaller "
                            "count or a rate (--ber)")
         return run_trials(model, data, injector, range(trials), clean, cfg.eval.batch_size, cfg.eval.limit, ber,
-                          count, advance=advance, label=label, stop=rule), exposed
+                          count, advance=advance, label=label, stop=rule, reuse=reuse), exposed
 
 
 def _plan(model: Any, fault: FaultConfig, seed: int) -> tuple[list[tuple[str, Any, list[int]]], int]:
