@@ -31,7 +31,8 @@ from qfi_cli.typed import check_seed, coerce, require, section
 
 @dataclass
 class QuantConfig:
-    """``quant``: quantizer name, weight / activation bit widths, per-channel scales, first/last layer bits.
+    """``quant``: quantizer name, weight / activation bit widths, per-channel or group-wise scales, first/last layer
+    bits.
 
     Float storage: ``name`` ``float`` with ``format`` fp16 | bf16 | fp32, or ``name`` fp16 | bf16 | fp32 itself
     (``format`` then null or the same). The format decides the weight width: ``wbits`` must be null or that width
@@ -44,6 +45,17 @@ class QuantConfig:
     Traceback (most recent call last):
     ...
     qfi_cli.errors.QfiError: quant=fp16 stores weights as fp16 (16 bits): quant.wbits must be 16 or null, got 8
+
+    ``group_size``: one weight scale per group of that many consecutive entries of each output row (int4
+    weight-only style; see ``qfi_cli.quant.quantizers.weight_groups``), for the quantizers with ``GROUPS``; groups
+    lie inside rows, so it supersedes ``per_channel``:
+
+    >>> QuantConfig(name="minmax", wbits=4, group_size=32).validated().group_size
+    32
+    >>> QuantConfig(name="rquant", group_size=32).validated()
+    Traceback (most recent call last):
+    ...
+    qfi_cli.errors.QfiError: quant=rquant takes no quant.group_size (affine, lsq, minmax do): set it to null
     """
 
     name: str = "lsq"
@@ -52,6 +64,7 @@ class QuantConfig:
     per_channel: bool = False
     first_last_bits: Optional[int] = 8
     format: Optional[str] = None
+    group_size: Optional[int] = None
 
     @property
     def is_float(self) -> bool:
@@ -75,6 +88,12 @@ class QuantConfig:
             check_bits(self.first_last_bits, "quant.first_last_bits")
         require(not self.per_channel or QUANTIZERS.get(self.quantizer).PER_CHANNEL,
                 f"{self.name} quantizes per layer (one range, one zero point): set quant.per_channel=false")
+        if self.group_size is not None:
+            grouped = ", ".join(sorted(n for n in QUANTIZERS.names() if QUANTIZERS.get(n).GROUPS))
+            require(QUANTIZERS.get(self.quantizer).GROUPS,
+                    f"quant={self.name} takes no quant.group_size ({grouped} do): set it to null")
+            require(self.group_size >= 1, f"quant.group_size must be a whole number >= 1 (entries per weight scale) "
+                                          f"or null, got {self.group_size}")
         return self
 
     def _float_widths(self) -> None:

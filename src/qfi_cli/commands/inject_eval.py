@@ -79,11 +79,20 @@ def show(outcome: Outcome, request: Request) -> None:
             "robust error (RErr)": results["rerr_mean"],
             **({"stored weights": f"{results['wbits_label']}: {results['bits_model']} bits "
                                   f"({results['bits_model'] / results['bits_all_wbits']:.2f}x all "
-                                  f"{results['wbits']}-bit)"} if results.get("wbits_label") else {}),
+                                  f"{results['wbits']}-bit)" + _groups_text(results.get("groups"))}
+               if results.get("wbits_label") else {}),
             "flips per trial (mean)": f"{sum(results['flips']) / len(results['flips']):.1f} of "
                                       f"{results['bits_total']} bits",
             "NaN trials": results["nan_trials"], "seconds": results["seconds"],
             **({"faults saved to": results["faults_file"]} if results.get("faults_file") else {})})
+
+
+def _groups_text(groups: dict[str, int] | None) -> str:
+    """``, a scale per 9-32 entries`` for group-wise scales (results' ``groups``), else nothing."""
+    if not groups:
+        return ""
+    lo, hi = min(groups.values()), max(groups.values())
+    return f", a scale per {lo if lo == hi else f'{lo}-{hi}'} entries"
 
 
 def finished(slot: Slot, job: Job, ber: float | None, count: int | None) -> dict[str, Any] | None:

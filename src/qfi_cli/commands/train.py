@@ -82,7 +82,7 @@ def options(
 def show(outcome: Outcome, request: Request) -> None:
     """The final metrics as a table."""
     if outcome.result:
-        table("qfi train", {k: v for k, v in outcome.result.items() if k not in ("history", "widths")})
+        table("qfi train", {k: v for k, v in outcome.result.items() if k not in ("history", "widths", "groups")})
 
 
 def check(cfg: "RunConfig") -> None:

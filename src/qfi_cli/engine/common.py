@@ -90,7 +90,7 @@ def build_quantized_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset
     q = cfg.quant
     model = quantize_model(model, q.quantizer, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
                            first_last_bits=q.first_last_bits,
-                           max_abs=cfg.train.clip_weights)
+                           max_abs=cfg.train.clip_weights, group_size=q.group_size)
     return model
 
 

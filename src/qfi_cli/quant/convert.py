@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from qfi_cli.quant.layers import QUANTIZED_TYPES, quantized_layers
-from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
+from qfi_cli.quant.quantizers import QUANTIZERS, check_bits, weight_groups
 
 
 def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abits: int = 8,
                    per_channel: bool = False, first_last_bits: int | None = 8,
-                   max_abs: float | None = None) -> nn.Module:
+                   max_abs: float | None = None, group_size: int | None = None) -> nn.Module:
     """Replace every layer of ``model`` whose exact type is a row of ``QUANTIZED_TYPES`` (see ``convertible``), in
     place, by its quantized twin; returns the model.
 
@@ -25,6 +25,8 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
     (``quantizer="fp16"``, ``"bf16"``, ``"fp32"``) takes the format's width (or 32, the fp32 pass-through).
     ``max_abs``: the weight clipping bound that a quantizer with ``CLIPS`` (``rquant``) clamps weights to before
     taking their range (Stutz et al.'s clipped RQuant; qfi passes ``train.clip_weights``); other quantizers ignore it.
+    ``group_size``: group-wise weight scales (``quant.group_size``, quantizers with ``GROUPS``; see
+    ``weight_groups``); activations keep one scale.
 
     >>> m = quantize_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2)), wbits=4)
     >>> [layer.wbits for _, layer in quantized_layers(m)]
@@ -37,7 +39,8 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
     wbits = check_bits(wbits, "weight bit width", kind.VALID_BITS)
     abits = check_bits(abits, "activation bit width", kind.VALID_BITS)
     names = convertible(model)
-    clip = {"max_abs": max_abs} if max_abs is not None and kind.CLIPS else {}
+    weight_args = {"max_abs": max_abs} if max_abs is not None and kind.CLIPS else {}
+    weight_args |= {"group_size": group_size} if group_size is not None else {}
     for i, name in enumerate(names):
         edge = first_last_bits is not None and i in (0, len(names) - 1)
         wb = max(wbits, first_last_bits) if edge else wbits
@@ -45,7 +48,7 @@ def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abi
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
         old = getattr(owner, child)
-        new = QUANTIZED_TYPES[type(old)].from_float(old, kind(per_channel=per_channel, **clip), kind(), wb, ab)
+        new = QUANTIZED_TYPES[type(old)].from_float(old, kind(per_channel=per_channel, **weight_args), kind(), wb, ab)
         with torch.no_grad():
             for _, layer in quantized_layers(new):  # one, or a MultiheadAttention's projections
                 layer.quan_w_fn(layer.weight, wb)  # data-free weight init (LSQ's step size)
@@ -147,13 +150,29 @@ def widths_label(widths: dict[str, int] | list[int], wbits: int | None = None) -
 
 def stored_record(model: nn.Module, wbits: int) -> dict:
     """What results.json says of the stored weights: ``widths`` (layer -> bits), ``wbits_label`` and
-    ``bits_all_wbits`` (the stored bits were every layer at ``wbits``, to set against ``bits_model``).
+    ``bits_all_wbits`` (the stored bits were every layer at ``wbits``, to set against ``bits_model``); with
+    group-wise scales also ``groups`` (``weight_group_entries``). Scales are not counted among the stored bits.
 
     >>> stored_record(quantize_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)), wbits=4), 4)
     {'widths': {'0': 8, '1': 4, '2': 8}, 'wbits_label': 'w4 (first/last 8)', 'bits_all_wbits': 160}
     """
     widths = stored_widths(model)
-    return {"widths": widths, "wbits_label": widths_label(widths, wbits), "bits_all_wbits": bits_all_at(model, wbits)}
+    groups = weight_group_entries(model)
+    return {"widths": widths, "wbits_label": widths_label(widths, wbits), "bits_all_wbits": bits_all_at(model, wbits),
+            **({"groups": groups} if groups else {})}
+
+
+def weight_group_entries(model: nn.Module) -> dict[str, int]:
+    """Entries per weight scale of each layer with group-wise scales (``quant.group_size``; see ``weight_groups``),
+    by layer name; empty without them.
+
+    >>> m = quantize_model(nn.Sequential(nn.Linear(64, 8), nn.Linear(8, 2)), "minmax", wbits=4, group_size=32)
+    >>> weight_group_entries(m), weight_group_entries(quantize_model(nn.Sequential(nn.Linear(4, 2))))
+    ({'0': 32, '1': 8}, {})
+    """
+    sizes = {name: m.quan_w_fn.group_size for name, m in quantized_layers(model)}
+    return {name: weight_groups(tuple(m.weight.shape), sizes[name])[2] for name, m in quantized_layers(model)
+            if sizes[name] is not None and m.weight.dim() > 1 and m.wbits < 32}
 
 
 def bits_all_at(model: nn.Module, wbits: int) -> int:

@@ -5,8 +5,9 @@ A quantizer call gives ``Quantized(value, encoding)``. ``value`` is the tensor t
 sensitivity maps and attacks act on the stored bits without knowing the quantizer:
 
 * integer codes: ``value = (code - zero_point) * scale``; signed codes are stored in k-bit two's complement
-  (``[-2**(k-1), 2**(k-1) - 1]``), unsigned ones as themselves (``[0, 2**k - 1]``). ``scale`` is one number or one
-  per output channel (``group`` consecutive entries of the flattened tensor share one scale);
+  (``[-2**(k-1), 2**(k-1) - 1]``), unsigned ones as themselves (``[0, 2**k - 1]``). ``scale`` is one number, one
+  per output channel or one per group of ``group`` consecutive entries of each row (``quant.group_size``): in every
+  case scale element ``j`` (in the scale's flat order) governs flat entries ``[j * group, (j + 1) * group)``;
 * IEEE floats (``float_format`` ``fp32``, ``fp16`` or ``bf16``): the pattern is the float's own bits (sign,
   exponent, mantissa).
 
@@ -47,7 +48,13 @@ class Encoding:
     """The storage of a quantized tensor: integer codes (``scale``, ``zero_point``, ``signed``) or IEEE floats.
 
     ``group`` is how many consecutive entries of the flattened tensor share one scale (per-channel scales along
-    dim 0); 0 means one scale for all.
+    dim 0, or group-wise scales inside each row); 0 means one scale for all. Scale element ``j`` of the flattened
+    ``scale`` governs flat entries ``[j * group, (j + 1) * group)``. ``shape``: the encoded tensor's shape, set for
+    group-wise scales (which do not broadcast against it), so that ``_scale_at(None)`` can expand them.
+
+    >>> g = Encoding(bits=4, scale=torch.tensor([[1.0, 0.5]]), group=2, shape=(1, 4))  # one row, two groups
+    >>> g.encode(torch.tensor([[3.0, -1.0, 1.0, -0.5]])).tolist(), g.decode(torch.tensor([7]), torch.tensor([3]))
+    ([[3, 15, 2, 15]], tensor([3.5000]))
 
     >>> e = Encoding(bits=4, scale=torch.tensor(1.0), zero_point=8, signed=False)
     >>> e.encode(torch.tensor([-8.0, 0.0, 7.0])).tolist(), e.code_range()
@@ -56,10 +63,11 @@ class Encoding:
 
     bits: int
     scale: torch.Tensor | None = None
-    zero_point: int = 0
+    zero_point: int | torch.Tensor = 0  # a tensor (int64, laid out as ``scale``) for group-wise affine codes
     signed: bool = True
     group: int = 0
     float_format: str | None = None
+    shape: tuple[int, ...] | None = None
 
     @property
     def is_float(self) -> bool:
@@ -75,13 +83,27 @@ class Encoding:
     def _scale_numpy(self) -> np.ndarray:
         return self.scale.detach().cpu().numpy()
 
+    @functools.cached_property
+    def _zero_numpy(self) -> np.ndarray:
+        return self.zero_point.detach().cpu().numpy()
+
     def _scale_at(self, index: Any) -> Any:
-        """The scale of each entry: broadcastable to the whole tensor, or one per flat position in ``index`` (a
-        numpy ``index`` gets numpy scales)."""
-        s = self._scale_numpy if isinstance(index, np.ndarray) else self.scale.detach()
+        """The scale of each entry: broadcastable to the whole tensor (group-wise scales expanded to ``shape``), or
+        one per flat position in ``index`` (a numpy ``index`` gets numpy scales)."""
+        return self._per_entry(self._scale_numpy if isinstance(index, np.ndarray) else self.scale.detach(), index)
+
+    def _zero_at(self, index: Any) -> Any:
+        """The zero point of each entry, as ``_scale_at`` (an int, or a tensor with one per group of ``group``)."""
+        if not isinstance(self.zero_point, torch.Tensor):
+            return self.zero_point
+        return self._per_entry(self._zero_numpy if isinstance(index, np.ndarray) else self.zero_point, index)
+
+    def _per_entry(self, s: Any, index: Any) -> Any:
         if s.size == 1 if isinstance(s, np.ndarray) else s.numel() == 1:
             return s.reshape(())
-        return s if index is None else s.reshape(-1)[index // self.group]
+        if index is None:
+            return s if self.shape is None else s.reshape(-1, 1).expand(-1, self.group).reshape(self.shape)
+        return s.reshape(-1)[index // self.group]
 
     def codes(self, values: Any, index: Any = None) -> Any:
         """Integer codes (int64) of ``values``: ``round(value / scale) + zero_point`` (floats: their bit patterns).
@@ -91,8 +113,8 @@ class Encoding:
         if self.is_float:
             return torch.bitwise_and(self._float_bits(values), (1 << self.bits) - 1)
         if isinstance(values, np.ndarray):  # np.rint, like torch.round, rounds half to even
-            return np.rint(values / self._scale_at(index)).astype(np.int64) + self.zero_point
-        return torch.round(values.detach() / self._scale_at(index)).long() + self.zero_point
+            return np.rint(values / self._scale_at(index)).astype(np.int64) + self._zero_at(index)
+        return torch.round(values.detach() / self._scale_at(index)).long() + self._zero_at(index)
 
     def encode(self, values: Any, index: Any = None) -> Any:
         """Stored bit patterns of ``values`` (int64 in ``[0, 2**bits)``); ``index``: their flat positions."""
@@ -106,7 +128,7 @@ class Encoding:
             if self.signed:
                 u = np.where(u >= (1 << (self.bits - 1)), u - (1 << self.bits), u)
             scale = self._scale_at(index)
-            return ((u - self.zero_point).astype(scale.dtype) * scale).astype(dtype, copy=False)
+            return ((u - self._zero_at(index)).astype(scale.dtype) * scale).astype(dtype, copy=False)
         u = torch.bitwise_and(patterns.long(), (1 << self.bits) - 1)
         if self.is_float:
             storage, view, bits = FLOAT_FORMATS[self.float_format]
@@ -115,7 +137,7 @@ class Encoding:
         if self.signed:
             u = torch.where(u >= (1 << (self.bits - 1)), u - (1 << self.bits), u)
         scale = self._scale_at(index)
-        return ((u - self.zero_point).to(scale.dtype) * scale).to(dtype)
+        return ((u - self._zero_at(index)).to(scale.dtype) * scale).to(dtype)
 
     def _float_bits(self, values: torch.Tensor) -> torch.Tensor:
         storage, view, _ = FLOAT_FORMATS[self.float_format]

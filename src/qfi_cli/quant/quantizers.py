@@ -148,18 +148,23 @@ class Quantizer(nn.Module):
 
     What the class can do is data that the typed config (``QuantConfig.validated``) and ``quantize_model`` read:
     ``VALID_BITS``, the bit widths it stores; ``PER_CHANNEL``, whether it takes per-channel scales; ``CLIPS``,
-    whether it takes ``max_abs`` (the weight clipping bound, ``train.clip_weights``).
+    whether it takes ``max_abs`` (the weight clipping bound, ``train.clip_weights``); ``GROUPS``, whether it takes
+    group-wise weight scales (``group_size``: see ``weight_groups``).
     """
 
     VALID_BITS: tuple[int, ...] = VALID_BITS
     PER_CHANNEL: bool = True
     CLIPS: bool = False
+    GROUPS: bool = False
 
-    def __init__(self, per_channel: bool = False) -> None:
+    def __init__(self, per_channel: bool = False, group_size: int | None = None) -> None:
         super().__init__()
         if per_channel and not self.PER_CHANNEL:  # its own invariant (one range); the user's rule is in config.py
             raise ValueError(f"{type(self).__name__} has no per-channel scales")
+        if group_size is not None and not (self.GROUPS and group_size >= 1):
+            raise ValueError(f"{type(self).__name__} takes no group size {group_size}")
         self.per_channel = per_channel
+        self.group_size = group_size
 
     def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
         raise NotImplementedError
@@ -167,16 +172,49 @@ class Quantizer(nn.Module):
     def forward(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> torch.Tensor:
         return self.quantize(x, bits, is_activation).value
 
+    def _grouped(self, x: torch.Tensor, is_activation: bool) -> torch.Tensor:
+        """``x`` viewed as ``(rows, groups, entries)`` for group-wise weight scales (``weight_groups``), else ``x``."""
+        if self.group_size is None or is_activation or x.dim() < 2:
+            return x
+        return x.reshape(weight_groups(tuple(x.shape), self.group_size))
+
     def _reduce_shape(self, x: torch.Tensor, is_activation: bool) -> tuple[int, ...]:
-        """Shape of a scale: one per output channel (dim 0) for per-channel weights, else a scalar."""
+        """Shape of a scale: one per output channel (dim 0) for per-channel weights, one per group of a grouped view
+        (``_grouped``), else a scalar."""
+        if self.group_size is not None and not is_activation and x.dim() == 3:
+            return x.shape[:2] + (1,)
         if self.per_channel and not is_activation and x.dim() > 1:
             return (x.shape[0],) + (1,) * (x.dim() - 1)
         return (1,) * x.dim()
 
     @staticmethod
-    def _encoding(x: torch.Tensor, bits: int, scale: torch.Tensor, signed: bool, zero_point: int = 0) -> Encoding:
+    def _encoding(x: torch.Tensor, bits: int, scale: torch.Tensor, signed: bool, zero_point: int | torch.Tensor = 0,
+                  shape: torch.Size | None = None) -> Encoding:
+        """The record of ``x`` quantized with ``scale``; ``shape``: the weight's own shape when ``x`` is its grouped
+        view (the scale is then stored as ``(rows, groups)``, flat order = group order)."""
         group = x.numel() // scale.numel() if scale.numel() > 1 else 0
-        return Encoding(bits=bits, scale=scale.detach(), zero_point=zero_point, signed=signed, group=group)
+        if shape is not None and scale.numel() > 1:
+            scale = scale.reshape(scale.shape[:2])
+            zero_point = zero_point.reshape(scale.shape) if isinstance(zero_point, torch.Tensor) else zero_point
+        return Encoding(bits=bits, scale=scale.detach(), zero_point=zero_point, signed=signed, group=group,
+                        shape=None if shape is None or scale.numel() == 1 else tuple(shape))
+
+
+def weight_groups(shape: tuple[int, ...], group_size: int) -> tuple[int, int, int]:
+    """``(rows, groups per row, entries per group)`` of a weight of ``shape`` at ``quant.group_size``.
+
+    A row is everything after dim 0, flattened row-major (Linear ``[out, in]``: the ``in`` entries; Conv ``[out,
+    in, kh, kw]``: the ``in * kh * kw`` entries, kernel positions innermost). Groups are equal: each holds the
+    largest number of entries ``<= group_size`` that divides the row, so a row shorter than ``group_size`` is one
+    group, and scale ``j`` governs flat entries ``[j * entries, (j + 1) * entries)``.
+
+    >>> weight_groups((10, 64), 32), weight_groups((16, 1, 3, 3), 32), weight_groups((32, 16, 3, 3), 32)
+    ((10, 2, 32), (16, 1, 9), (32, 6, 24))
+    """
+    rows = shape[0]
+    row = math.prod(shape[1:])
+    entries = next(g for g in range(min(row, group_size), 0, -1) if row % g == 0) if row else 1
+    return rows, row // entries, entries
 
 
 @QUANTIZERS.register("lsq")
@@ -193,8 +231,10 @@ class LSQQuantizer(Quantizer):
     (True, 4, True)
     """
 
-    def __init__(self, per_channel: bool = False) -> None:
-        super().__init__(per_channel)
+    GROUPS = True
+
+    def __init__(self, per_channel: bool = False, group_size: int | None = None) -> None:
+        super().__init__(per_channel, group_size)
         self.step = nn.Parameter(torch.ones(0))
         self.register_buffer("signed", torch.tensor(True))
         self.register_buffer("initialized", torch.tensor(False))
@@ -210,10 +250,7 @@ class LSQQuantizer(Quantizer):
         signed = bool(x.min() < 0) if is_activation else True
         _, qp = code_range(bits, signed)
         shape = self._reduce_shape(x, is_activation)
-        if len(shape) and shape[0] > 1:
-            mean_abs = x.abs().flatten(1).mean(1).view(shape)
-        else:
-            mean_abs = x.abs().mean().view(shape)
+        mean_abs = x.abs().reshape(math.prod(shape), -1).mean(1).view(shape)
         step = (2 * mean_abs / math.sqrt(qp)).clamp_min(1e-8)
         self.step = nn.Parameter(step.to(x.dtype))
         self.signed.fill_(signed)
@@ -222,19 +259,22 @@ class LSQQuantizer(Quantizer):
     def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
         if bits >= 32:
             return Quantized(x, FP32)
+        xs = self._grouped(x, is_activation)
         if not bool(self.initialized):
-            self._initialize(x, bits, is_activation)
+            self._initialize(xs, bits, is_activation)
         signed = bool(self.signed)
         qn, qp = code_range(bits, signed)
         per_scale = x.numel() / self.step.numel()
         step = grad_scale(self.step, 1.0 / math.sqrt(per_scale * qp))
-        return Quantized(fake_quantize(x, step, qn, qp), self._encoding(x, bits, self.step, signed))
+        value = fake_quantize(xs, step, qn, qp).reshape(x.shape)
+        return Quantized(value, self._encoding(xs, bits, self.step, signed, shape=x.shape if xs is not x else None))
 
 
 def _amin_amax(x: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (dim 0) or whole-tensor minimum and maximum in one reading pass."""
-    per_channel = len(shape) > 0 and shape[0] > 1
-    return torch.aminmax(x.flatten(1) if per_channel else x, dim=1 if per_channel else None)
+    """Minimum and maximum per scale of ``shape`` (per channel, per group of a grouped view, or of the whole
+    tensor) in one reading pass."""
+    n = math.prod(shape)
+    return torch.aminmax(x.reshape(n, -1) if n > 1 else x, dim=1 if n > 1 else None)
 
 
 @QUANTIZERS.register("minmax")
@@ -247,20 +287,26 @@ class MinMaxQuantizer(Quantizer):
     >>> w = torch.tensor([[1.0, -0.5], [0.25, 0.125]])
     >>> (q(w, 8) - w).abs().max().item() < 1e-2
     True
+    >>> MinMaxQuantizer(group_size=2).quantize(torch.tensor([[7.0, 1.0, 3.5, -0.5]]), 4).encoding.scale.tolist()
+    [[1.0, 0.5]]
     """
+
+    GROUPS = True
 
     def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
         if bits >= 32:
             return Quantized(x, FP32)
+        xs = self._grouped(x, is_activation)
         with torch.no_grad():
-            shape = self._reduce_shape(x, is_activation)
+            shape = self._reduce_shape(xs, is_activation)
             # max|x| = max(|min x|, max x): one reading pass, no |x| tensor (min x also gives the signedness)
-            lo, hi = _amin_amax(x, shape)
+            lo, hi = _amin_amax(xs, shape)
             signed = bool(lo.min() < 0) if is_activation else True
             _, qp = code_range(bits, signed)
             scale = (torch.maximum(lo.abs(), hi).view(shape) / qp).clamp_min(1e-12)
         qn = -qp if signed else 0
-        return Quantized(fake_quantize(x, scale, qn, qp), self._encoding(x, bits, scale, signed))
+        value = fake_quantize(xs, scale, qn, qp).reshape(x.shape)
+        return Quantized(value, self._encoding(xs, bits, scale, signed, shape=x.shape if xs is not x else None))
 
 
 def straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -286,22 +332,37 @@ class AffineQuantizer(Quantizer):
     >>> x = torch.tensor([0.2, 0.37, 0.9])                                 # one-signed: range [0, 0.9]
     >>> bool((q(x, 8) - x).abs().max() <= 0.9 / 255 / 2)
     True
+
+    With ``group_size`` every group of a weight row has its own range, scale and zero point (a tensor laid out as
+    the scales):
+
+    >>> enc = AffineQuantizer(group_size=2).quantize(torch.tensor([[-0.5, 1.0, 0.0, 3.0]]), 2).encoding
+    >>> enc.scale.tolist(), enc.zero_point.tolist()
+    ([[0.5, 1.0]], [[1, 0]])
     """
 
-    PER_CHANNEL = False
+    PER_CHANNEL, GROUPS = False, True
 
     def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
         if bits >= 32:
             return Quantized(x, FP32)
         top = 2**bits - 1
+        xs = self._grouped(x, is_activation)
         with torch.no_grad():
-            shape = self._reduce_shape(x, is_activation)
-            lo, hi = _amin_amax(x, shape)
+            shape = self._reduce_shape(xs, is_activation)
+            lo, hi = _amin_amax(xs, shape)
             lo, hi = lo.clamp(max=0).view(shape), hi.clamp(min=0).view(shape)
             scale = ((hi - lo) / top).clamp_min(1e-12)
-            zero_point = int(torch.round(-lo / scale).clamp(0, top).reshape(-1)[0])
-            value = fake_quantize(x.detach(), scale, -zero_point, top - zero_point)
-        return Quantized(straight_through(x, value), self._encoding(x, bits, scale, signed=False, zero_point=zero_point))
+            zero = torch.round(-lo / scale).clamp(0, top)
+            if xs is x:
+                zero_point = int(zero.reshape(-1)[0])
+                value = fake_quantize(x.detach(), scale, -zero_point, top - zero_point)
+            else:  # one zero point per group: the same clamp-and-round with tensor bounds
+                zero_point = zero.long()
+                value = torch.div(xs.detach(), scale).clamp_(-zero, top - zero).round_().mul_(scale).reshape(x.shape)
+        return Quantized(straight_through(x, value), self._encoding(xs, bits, scale, signed=False,
+                                                                    zero_point=zero_point,
+                                                                    shape=x.shape if xs is not x else None))
 
 
 @QUANTIZERS.register("rquant")
