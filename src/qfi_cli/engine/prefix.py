@@ -28,14 +28,16 @@ MAX_BYTES = 512 * 2**20
 
 
 class _LeafTracer(fx.Tracer):
-    """fx's tracer with every quantized layer a leaf (one ``call_module`` node, its stored weights inside)."""
+    """fx's tracer with every quantized layer, and every module of qfi's quantization (a wrapper such as the
+    quantized MultiheadAttention), a leaf: one ``call_module`` node, its stored weights inside."""
 
     def __init__(self, leaves: set[int]) -> None:
         super().__init__()
         self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return id(m) in self.leaves or super().is_leaf_module(m, qualname)
+        return (id(m) in self.leaves or type(m).__module__.startswith("qfi_cli.quant")
+                or super().is_leaf_module(m, qualname))
 
 
 class PrefixReuse:
@@ -44,8 +46,8 @@ class PrefixReuse:
     >>> from qfi_cli.quant import quantize_model
     >>> net = quantize_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "minmax", wbits=8)
     >>> reuse = PrefixReuse.build(net.eval())
-    >>> sorted(reuse.downstream(["2"]))  # a fault in the last layer: only it (and the output) run again
-    ['2']
+    >>> len(reuse.downstream(["2"])), len(reuse.downstream(["0"]))  # nodes to run again: the last layer alone
+    (1, 3)
     """
 
     def __init__(self, model: nn.Module, graph: fx.GraphModule) -> None:
@@ -79,9 +81,18 @@ class PrefixReuse:
             self._last = (key, self.predictor(layers, data, batch_size, limit))
         return self._last[1]
 
+    def node_of(self, layer: str) -> fx.Node | None:
+        """The graph node computing ``layer``: its own, or that of the leaf module holding it."""
+        parts = layer.split(".")
+        for k in range(len(parts), 0, -1):
+            node = self.by_module.get(".".join(parts[:k]))
+            if node is not None:
+                return node
+        return None
+
     def downstream(self, layers: list[str]) -> set[str]:
-        """Names of the nodes that depend on any of ``layers`` (the layers' own nodes included)."""
-        todo = [self.by_module[name] for name in layers if name in self.by_module]
+        """Names (fx node names) of the nodes that depend on any of ``layers`` (the layers' own nodes included)."""
+        todo = [n for n in map(self.node_of, layers) if n is not None]
         seen: set[fx.Node] = set()
         while todo:
             node = todo.pop()
@@ -97,7 +108,7 @@ class PrefixReuse:
         correctness and the non-finite count, from the clean values it caches now (the model must be clean: call
         it before any trial's faults). None when a layer is not a node of the graph or the frontier would exceed
         ``max_bytes``."""
-        if not layers or any(name not in self.by_module for name in layers):
+        if not layers or any(self.node_of(name) is None for name in layers):
             return None
         names = self.downstream(layers)
         nodes = list(self.graph.graph.nodes)
@@ -111,12 +122,23 @@ class PrefixReuse:
                 return None
             batches.append((values, y))
 
-        @torch.no_grad()
-        def predict() -> tuple[torch.Tensor, int]:
-            scores = [scored(_run(self.graph, part, env), y) for env, y in batches]
-            return torch.cat([c for c, _ in scores]), sum(bad for _, bad in scores)
+        return _Predict(self.graph, part, batches)
 
-        return predict
+
+class _Predict:
+    """``predict_correct`` from cached frontier values: call it for (correct, non-finite count); ``logits()``."""
+
+    def __init__(self, graph: fx.GraphModule, part: list[fx.Node], batches: list) -> None:
+        self.graph, self.part, self.batches = graph, part, batches
+
+    @torch.no_grad()
+    def logits(self) -> list[torch.Tensor]:
+        """The logits of every test batch."""
+        return [_run(self.graph, self.part, env) for env, _ in self.batches]
+
+    def __call__(self) -> tuple[torch.Tensor, int]:
+        scores = [scored(out, y) for out, (_, y) in zip(self.logits(), self.batches)]
+        return torch.cat([c for c, _ in scores]), sum(bad for _, bad in scores)
 
 
 def writes_in_place(injector: Any) -> bool:
