@@ -148,12 +148,14 @@ class Quantizer(nn.Module):
 
     What the class can do is data that the typed config (``QuantConfig.validated``) and ``quantize_model`` read:
     ``VALID_BITS``, the bit widths it stores; ``PER_CHANNEL``, whether it takes per-channel scales; ``CLIPS``,
-    whether it takes ``max_abs`` (the weight clipping bound, ``train.clip_weights``).
+    whether it takes ``max_abs`` (the weight clipping bound, ``train.clip_weights``); ``STORES_ZERO_POINT``, whether
+    its integer encodings store a zero point (``fault.target=zero_points`` exposes its bits).
     """
 
     VALID_BITS: tuple[int, ...] = VALID_BITS
     PER_CHANNEL: bool = True
     CLIPS: bool = False
+    STORES_ZERO_POINT: bool = False
 
     def __init__(self, per_channel: bool = False) -> None:
         super().__init__()
@@ -288,7 +290,7 @@ class AffineQuantizer(Quantizer):
     True
     """
 
-    PER_CHANNEL = False
+    PER_CHANNEL, STORES_ZERO_POINT = False, True
 
     def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
         if bits >= 32:
