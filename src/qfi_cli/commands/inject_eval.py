@@ -83,6 +83,8 @@ def show(outcome: Outcome, request: Request) -> None:
                if results.get("wbits_label") else {}),
             "flips per trial (mean)": f"{sum(results['flips']) / len(results['flips']):.1f} of "
                                       f"{results['bits_total']} bits",
+            **({"exposed bits by part": ", ".join(f"{part} {n}" for part, n in results["bits_by_part"].items())}
+               if len(results.get("bits_by_part") or {}) > 1 else {}),
             "NaN trials": results["nan_trials"], "seconds": results["seconds"],
             **({"faults saved to": results["faults_file"]} if results.get("faults_file") else {})})
 

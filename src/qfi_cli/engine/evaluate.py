@@ -117,6 +117,7 @@ class TrialStats:
     accuracies: list[float] = field(default_factory=list)
     rerrs: list[float] = field(default_factory=list)
     flips: list[int] = field(default_factory=list)
+    flips_by_part: dict[str, list[int]] = field(default_factory=dict)
     nan_trials: int = 0
     nonfinite: int = 0
     forwards: int = 0
@@ -164,6 +165,8 @@ def run_trials(model: torch.nn.Module, data: InMemoryDataset, injector: FaultInj
         stats.accuracies.append(_fraction(correct))
         stats.rerrs.append(_fraction(~correct | ~clean_correct))
         stats.flips.append(injector.flips_total())
+        for part, n in injector.flips_by_part().items():
+            stats.flips_by_part.setdefault(part, []).append(n)
         stats.nan_trials += int(bad > 0)
         stats.nonfinite += bad
         if advance is not None:
@@ -209,7 +212,8 @@ def result_record(cfg: RunConfig, stats: TrialStats, injector: FaultInjector, mo
         "ci_covers": describe_ci(1, sequential=stats.sequential), "rerr_mean": summary["rerr_mean"],
         "rerr_ci95": summary["rerr_ci95"], "forwards": stats.forwards, **stopping_record(cfg, stats),
         "accuracies": stats.accuracies, "rerrs": stats.rerrs, "flips": stats.flips,
-        "bits_total": injector.exposed_weight_bits(), "bits_model": weight_bits_total(model),
+        "bits_total": injector.exposed_bits(), "bits_by_part": injector.exposed_bits_by_part(),
+        "flips_by_part": stats.flips_by_part, "bits_model": weight_bits_total(model),
         **stored_record(model, saved["quant"]["wbits"]),
         "nan_trials": stats.nan_trials, "nonfinite_predictions": stats.nonfinite,
         "fault": fault.as_dict() | {"ber": ber, "count": fault.count if count is None else count},
@@ -250,8 +254,9 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     batch_size, limit = cfg.eval.batch_size, cfg.eval.limit
     results = []
     with FaultInjector(model, fault, seed=fault_seed) as injector:
-        if fault.target != "activations" and injector.exposed_weight_bits() == 0:
-            raise QfiError("no weight bits are exposed to faults (check fault.layers, fault.bits and fault.protect)")
+        if fault.parts and injector.exposed_bits() == 0:
+            raise QfiError(f"no stored bits of {', '.join(fault.parts)} are exposed to faults (check fault.target, "
+                           "fault.layers, fault.bits and fault.protect)")
         trials, fault_seed = injector.source.plan(trials, fault_seed)  # a replay: the file's
         recorder = None
         if save_faults is not None:

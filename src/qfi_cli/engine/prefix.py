@@ -71,8 +71,8 @@ class PrefixReuse:
         """The ``predictor`` of the layers where ``injector`` can fault stored weights, when it writes them in place
         once per trial (``writes_in_place``) and leaves some quantized layer clean; else None (the full forward).
         The last one is kept: the cells of one layer share it."""
-        if not writes_in_place(injector):
-            return None
+        if not writes_in_place(injector) or not injector.config.weights_only:
+            return None  # faults in biases / scales: the full forward
         layers = [name for name, m in injector.layers if injector.allowed_mask(name, m.wbits)]
         if not layers or len(layers) == len(self.quantized):
             return None
@@ -144,7 +144,7 @@ class _Predict:
 def writes_in_place(injector: Any) -> bool:
     """Whether ``injector``'s faults are stored-weight faults written into the frozen weights once per trial (so
     a trial's model is fixed during its forwards, and a trial that changed no bit is the clean model)."""
-    return (injector.config.target == "weights" and injector.config.persistence == "trial"
+    return (not injector.config.activations and injector.config.persistence == "trial"
             and all(m.frozen_weight is not None for _, m in injector.layers))
 
 

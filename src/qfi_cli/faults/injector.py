@@ -20,6 +20,10 @@ inside it (both passes of a SAM step). The bits of an entry are its stored patte
 (two's-complement or unsigned integer codes, or IEEE float bits). Which layers and bits are exposed is
 ``qfi_cli.faults.selection``.
 
+Beyond the weight codes, ``fault.target`` may select a layer's other stored parts (``qfi_cli.faults.parts``:
+biases, scales, zero points): inside ``frozen_weights`` a trial writes them in place with the weight codes (a scale
+or zero point re-decodes the weight entries it governs) and restores every written entry on exit.
+
 Protection (``fault.protect``): protected weight bits never fail and are not exposed. At a rate, the pattern is
 drawn as without protection and the protected bits are then left out, so runs that differ only in protection meet
 the same faults elsewhere (paired); with ``fault.count`` the count is drawn among the unprotected bits.
@@ -37,8 +41,9 @@ from torch import nn
 from qfi_cli.errors import QfiError
 from qfi_cli.faults.config import FaultConfig
 from qfi_cli.faults.flips import writable, write_masked, write_masked_np
+from qfi_cli.faults.parts import PARTS, StoredPart, redecode
 from qfi_cli.faults.selection import allowed_mask, select_layers
-from qfi_cli.faults.sources.base import ACT, TRAIN, At, NpMasks
+from qfi_cli.faults.sources.base import ACT, TRAIN, WEIGHT_PART, At, NpMasks, part_key
 from qfi_cli.quant.encoding import Encoding
 from qfi_cli.quant.layers import QuantizedLayerMixin, quantized_layers
 
@@ -109,6 +114,8 @@ class FaultInjector:
         everything = quantized_layers(model)
         self.layers = select_layers(everything, self.config.layers, self.config.protect)
         self._allowed_cache: dict[tuple[str, int], int] = {}
+        self.parts: tuple[str, ...] = self.config.parts  # the stored parts that take faults (faults.parts)
+        self._sizes: dict[str, list[tuple[str, int, int]]] = {}
         self.source = self.config.source.bind(self, everything)  # draws the faults (``faults.sources``)
         self._hook = None
         self.attached = False
@@ -120,11 +127,11 @@ class FaultInjector:
 
     @property
     def _targets_weights(self) -> bool:
-        return self.config.target in ("weights", "both")
+        return WEIGHT_PART in self.parts
 
     @property
     def _targets_activations(self) -> bool:
-        return self.config.target in ("activations", "both")
+        return self.config.activations
 
     # -- attaching: the layers' fault slots, and nothing else ------------------------------------------------------
     def attach(self) -> "FaultInjector":
@@ -208,17 +215,41 @@ class FaultInjector:
         self.set_trial(trial, ber, count)
         undo: list[tuple] = []
         try:
-            if self._targets_weights and self.config.persistence == "trial" and self.active(training=False):
+            if self.parts and self.config.persistence == "trial" and self.active(training=False):
                 for name, m in self.layers:
-                    if m.frozen_weight is not None:
-                        written = self._fault_entries(name, self._frozen_target(name, m), m.frozen_encoding,
-                                                      m.wbits, False)
-                        if written is not None:
-                            undo.append(written)
+                    self._write_parts(name, m, undo)
             yield
         finally:
             for target, index, old in reversed(undo):
                 target[index] = old
+
+    def _write_parts(self, name: str, layer: QuantizedLayerMixin, undo: list[tuple]) -> None:
+        """Write this trial's faults of every selected stored part of one layer in place (weight codes first; then
+        the encoding's scales and zero point, one re-decode of the weight entries they govern; then the bias),
+        appending what undoes each write to ``undo``."""
+        faulty, governed = None, []
+        for part in (PARTS.get(p) for p in self.parts):
+            stored = part.stored(layer, self.config, None if layer.frozen_weight is None
+                                 else self._frozen_target(name, layer))
+            if stored is None:
+                continue
+            written = self._fault_entries(name, stored.values, stored.encoding, self._width(part, layer), False,
+                                          part.name)
+            if written is None:
+                continue
+            if part.direct:
+                undo.append(written)
+            else:
+                target, index, _ = written
+                index = index.cpu().numpy() if isinstance(index, torch.Tensor) else index
+                faulty = part.faulty(layer.frozen_encoding if faulty is None else faulty, target, index)
+                governed.append(part.governs(layer.frozen_encoding, index, layer.frozen_weight.numel()))
+        if faulty is not None:
+            undo.append(redecode(self._frozen_target(name, layer), layer.frozen_encoding, faulty,
+                                 np.concatenate(governed)))
+
+    def _width(self, part: StoredPart, layer: QuantizedLayerMixin) -> int:
+        return part.size(layer, self.config)[1]
 
     def _frozen_target(self, name: str, layer: QuantizedLayerMixin) -> torch.Tensor | np.ndarray:
         """What a trial writes layer ``name``'s faults into: its frozen weight, flattened, as ``writable`` gives it
@@ -277,10 +308,13 @@ class FaultInjector:
         per_forward = is_activation or self.config.persistence == "forward"
         return self.trial_index, key, self._forwards if per_forward else 0
 
-    def _faults(self, name: str, n_codes: int, bits: int, is_activation: bool) -> tuple[np.ndarray, NpMasks]:
-        """This layer's faulty entries now: ``(code index, [(mode, mask)])`` as int64 numpy arrays (the few
-        entries a trial touches) from the source, protected bits left out."""
-        index, masks = self.source.faults(At(name, n_codes, bits, is_activation, *self._stream(name, is_activation)))
+    def _faults(self, name: str, n_codes: int, bits: int, is_activation: bool,
+                part: str = WEIGHT_PART) -> tuple[np.ndarray, NpMasks]:
+        """This layer's faulty entries now (of its stored ``part``, or its input activations): ``(code index,
+        [(mode, mask)])`` as int64 numpy arrays (the few entries a trial touches) from the source, protected bits
+        left out."""
+        index, masks = self.source.faults(At(name, n_codes, bits, is_activation, *self._stream(name, is_activation),
+                                             part))
         allowed = (1 << bits) - 1 if is_activation else self.allowed_mask(name, bits)
         if masks and allowed != (1 << bits) - 1:  # leave out what fault.bits / fault.protect exclude
             masks = [(mode, mask & allowed) for mode, mask in masks]
@@ -290,17 +324,17 @@ class FaultInjector:
         return index, masks
 
     def _fault_entries(self, name: str, flat: torch.Tensor | np.ndarray, encoding: Encoding, bits: int,
-                       is_activation: bool) -> tuple[torch.Tensor | np.ndarray, ...] | None:
+                       is_activation: bool, part: str = WEIGHT_PART) -> tuple[torch.Tensor | np.ndarray, ...] | None:
         """Overwrite the faulty entries of the flattened tensor ``flat`` (or its numpy view, see ``writable``) in
-        place with their faulty values.
+        place with their faulty values (``part``: the stored part ``flat`` holds).
 
         Returns ``(target, index, old values)`` such that ``target[index] = old`` undoes it (None: nothing
         written), and counts the changed bits.
         """
         index, masks = self._faults(name, flat.size if isinstance(flat, np.ndarray) else flat.numel(), bits,
-                                    is_activation)
-        key = name + (ACT if is_activation else "")
-        if self.recorder is not None and not is_activation:
+                                    is_activation, part)
+        key = name + (ACT if is_activation else part_key(part))
+        if self.recorder is not None and not is_activation and part == WEIGHT_PART:
             self.recorder(name, torch.from_numpy(index), [(m, torch.from_numpy(k)) for m, k in masks], bits)
         if index.size == 0:
             self.flips.setdefault(key, 0)
@@ -315,12 +349,36 @@ class FaultInjector:
         self.flips[key] = self.flips.get(key, 0) + _popcount_np(patterns ^ new, bits)
         return target, index, old
 
+    def part_sizes(self, part: str) -> list[tuple[str, int, int]]:
+        """``(layer name, entries, bits per entry)`` of stored ``part`` (``qfi_cli.faults.parts``) in every selected
+        layer, in layer order (kept: the stored shapes do not change while an injector lives)."""
+        if part not in self._sizes:
+            self._sizes[part] = [(n, *PARTS.get(part).size(m, self.config)) for n, m in self.layers]
+        return self._sizes[part]
+
+    def exposed_bits_by_part(self) -> dict[str, int]:
+        """Number of stored bits this injector can corrupt, per selected stored part (selected layers and bit
+        positions at each part's width, less the protected ones)."""
+        return {part: sum(entries * bin(self.allowed_mask(n, bits)).count("1")
+                          for n, entries, bits in self.part_sizes(part)) for part in self.parts}
+
+    def exposed_bits(self) -> int:
+        """Number of stored bits this injector can corrupt, all selected parts together (``bits_total``)."""
+        return sum(self.exposed_bits_by_part().values())
+
     def exposed_weight_bits(self) -> int:
-        """Number of stored weight bits this injector can corrupt (selected layers and bit positions, less the
+        """Number of stored weight-code bits this injector can corrupt (selected layers and bit positions, less the
         protected ones)."""
-        if not self._targets_weights:
-            return 0
-        return sum(m.weight.numel() * bin(self.allowed_mask(n, m.wbits)).count("1") for n, m in self.layers)
+        return self.exposed_bits_by_part().get(WEIGHT_PART, 0)
+
+    def flips_by_part(self) -> dict[str, int]:
+        """Stored bits changed since ``set_trial`` / ``trial`` / ``step``, per selected stored part."""
+        out = dict.fromkeys(self.parts, 0)
+        for key, v in self.flips.items():
+            if not key.endswith(ACT):
+                part = next((p for p in self.parts if p != WEIGHT_PART and key.endswith(part_key(p))), WEIGHT_PART)
+                out[part] = out.get(part, 0) + v
+        return out
 
     def flips_total(self, activations: bool = False) -> int:
         """Bits changed since ``set_trial`` / ``trial`` / ``step`` (weights only unless ``activations``)."""

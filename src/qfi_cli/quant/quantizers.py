@@ -149,13 +149,15 @@ class Quantizer(nn.Module):
     What the class can do is data that the typed config (``QuantConfig.validated``) and ``quantize_model`` read:
     ``VALID_BITS``, the bit widths it stores; ``PER_CHANNEL``, whether it takes per-channel scales; ``CLIPS``,
     whether it takes ``max_abs`` (the weight clipping bound, ``train.clip_weights``); ``GROUPS``, whether it takes
-    group-wise weight scales (``group_size``: see ``weight_groups``).
+    group-wise weight scales (``group_size``: see ``weight_groups``); ``STORES_ZERO_POINT``, whether its integer
+    encodings store a zero point (``fault.target=zero_points`` exposes its bits).
     """
 
     VALID_BITS: tuple[int, ...] = VALID_BITS
     PER_CHANNEL: bool = True
     CLIPS: bool = False
     GROUPS: bool = False
+    STORES_ZERO_POINT: bool = False
 
     def __init__(self, per_channel: bool = False, group_size: int | None = None) -> None:
         super().__init__()
@@ -341,7 +343,7 @@ class AffineQuantizer(Quantizer):
     ([[0.5, 1.0]], [[1, 0]])
     """
 
-    PER_CHANNEL, GROUPS = False, True
+    PER_CHANNEL, GROUPS, STORES_ZERO_POINT = False, True, True
 
     def quantize(self, x: torch.Tensor, bits: int, is_activation: bool = False) -> Quantized:
         if bits >= 32:

@@ -30,14 +30,15 @@ Level = tuple[float | None, int | None]  # (ber, count) of one evaluated level
 ACT = ":act"  # suffix of an activation stream's layer key
 WEIGHTS = "<weights>"  # key of a trial's one stream for the weight bits of all selected layers together
 TRAIN = "@train"  # suffix of a training step's stream key (keeps training patterns apart from evaluation trials)
+WEIGHT_PART = "weights"  # the stored part of weight codes (qfi_cli.faults.parts)
 NO_ENTRIES = np.zeros(0, dtype=np.int64)
 NO_ENTRIES.flags.writeable = False
 
 
 class At(NamedTuple):
-    """Where faults are asked for: layer ``name`` (``n_codes`` codes of ``bits`` bits, its weights or its input
-    activations) and the stream in use: ``trial`` (or training step), layer ``key``, ``draw`` (the forward, for
-    faults drawn per forward; else 0)."""
+    """Where faults are asked for: layer ``name`` (``n_codes`` entries of ``bits`` bits: its input activations, or
+    the stored ``part`` of ``qfi_cli.faults.parts``, weight codes by default) and the stream in use: ``trial`` (or
+    training step), layer ``key``, ``draw`` (the forward, for faults drawn per forward; else 0)."""
 
     name: str
     n_codes: int
@@ -46,6 +47,17 @@ class At(NamedTuple):
     trial: int
     key: str
     draw: int
+    part: str = WEIGHT_PART
+
+
+def part_key(part: str) -> str:
+    """The suffix that keeps a stored part's layer keys (streams, flip counts) apart; weight codes have none, so
+    weight patterns do not depend on which other parts are selected.
+
+    >>> part_key("weights"), part_key("biases")
+    ('', '<biases>')
+    """
+    return "" if part == WEIGHT_PART else f"<{part}>"
 
 
 class Draw:
@@ -107,8 +119,8 @@ class FileSource(FaultSource):
         require(fault.file is not None, f"fault.model={fault.model} reads its faults from a file: set "
                                         f"fault.file=FILE")
         fault.file = str(Path(fault.file).expanduser())
-        require(fault.target == "weights", f"fault.model={fault.model} applies to weights only: set "
-                                           f"fault.target=weights")
+        require(fault.weights_only, f"fault.model={fault.model} applies to weights only: set "
+                                    f"fault.target=weights")
 
 
 FAULT_MODELS: Registry[FaultSource] = Registry("fault model")

@@ -1,6 +1,7 @@
-"""Exactly ``fault.count`` flipped bits over the exposed weight bits of all selected layers together
-(``bitflip_count``): the ``count`` smallest uniforms over the layers' own streams, so a smaller count's bits are a
-subset of a larger count's (nesting). With ``fault.protect`` the count is drawn among the unprotected bits.
+"""Exactly ``fault.count`` flipped bits over the exposed stored bits of all selected layers and parts together
+(``bitflip_count``): the ``count`` smallest uniforms over the (layer, part) pairs' own streams, so a smaller
+count's bits are a subset of a larger count's (nesting), and each part's share follows its size. With
+``fault.protect`` the count is drawn among the unprotected bits.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from qfi_cli.faults.bits import resolve_bits
 from qfi_cli.faults.sampler import NestedBitSampler, sample_fixed_count, stream_key
 from qfi_cli.faults.selection import n_exposed
 from qfi_cli.faults.sources.base import NO_ENTRIES, TRAIN, At, Draw, FaultSource, Level, NpMasks, drawn, \
-    register_fault_model
+    part_key, register_fault_model
 from qfi_cli.typed import require
 
 
 @register_fault_model("bitflip_count")
 class CountFaults(FaultSource):
-    """Exactly ``fault.count`` weight bits flip (``fault.ber`` is null); weights only.
+    """Exactly ``fault.count`` stored bits flip (``fault.ber`` is null); stored parts only, not activations.
 
     >>> CountFaults().levels(type("Cfg", (), {"fault": type("F", (), {"count": 5})}))
     [(None, 5)]
@@ -29,7 +30,8 @@ class CountFaults(FaultSource):
     def validate(self, fault: Any) -> None:
         require(fault.ber is None, f"fault.model={fault.model} flips exactly fault.count bits, so a rate does not "
                                    f"apply: use fault=count (or set fault.ber=null), or fault=bitflip for a rate")
-        require(fault.target == "weights", "bitflip_count applies to weights only: set fault.target=weights")
+        require(not fault.activations, "bitflip_count applies to stored bits only (weights, biases, scales, "
+                                       "zero points): leave activations out of fault.target")
 
     def check_run(self, cfg: Any, command: str) -> None:
         require(not cfg.eval.bers,
@@ -69,17 +71,19 @@ class CountDraw(Draw):
         chosen = self._enumerated(at.name, at.bits)
         if n_exposed(at.n_codes, at.bits, chosen) == 0:
             return NO_ENTRIES, []
-        positions = self._positions(at.trial, at.draw).get(at.name, np.empty(0, np.int64))
+        positions = self._positions(at.trial, at.draw).get(at.name + part_key(at.part), np.empty(0, np.int64))
         return drawn(self.mode, positions, at.bits, chosen)
 
     def _positions(self, trial: int, draw: int) -> dict[str, np.ndarray]:
-        """``count`` faulty bits over all selected layers' weights together (nested across counts)."""
+        """``count`` faulty bits over all selected layers' stored parts together (nested across counts), by
+        layer key (``name`` + ``part_key(part)``)."""
         inj = self.injector
         if (trial, draw, inj.count) not in self._counted:
-            sizes = {n: n_exposed(m.weight.numel(), m.wbits, self._enumerated(n, m.wbits)) for n, m in inj.layers}
+            sizes = {n + part_key(part): n_exposed(entries, bits, self._enumerated(n, bits))
+                     for part in inj.parts for n, entries, bits in inj.part_sizes(part)}
             total = sum(sizes.values())
             if inj.count > total:
-                raise QfiError(f"fault.count={inj.count} exceeds the {total} exposed weight bits")
+                raise QfiError(f"fault.count={inj.count} exceeds the {total} exposed stored bits")
             suffix = TRAIN if inj.training_step is not None else ""
             cache = self._samplers.setdefault((trial, draw), {})  # per layer: reused across counts
             self._counted[(trial, draw, inj.count)] = sample_fixed_count(

@@ -3,8 +3,10 @@ flips; ``stuck_at_0`` / ``stuck_at_1``: it is stuck at that value, so a bit alre
 
 Weight faults of a trial come from one nested sampler stream per (seed, trial or step, draw) over the exposed
 weight bits of all selected layers laid end to end in layer order (one sampler call per trial, split by layer);
-activation faults from one stream per (seed, trial, layer, draw). A lower rate's faults are a subset of a higher
-rate's (nesting).
+every other selected stored part (``fault.target``: biases, scales, zero points) has its own such stream over its
+bits, so the weight pattern is the same whichever other parts are selected, and the total over all parts is
+binomial over their bits together. Activation faults come from one stream per (seed, trial, layer, draw). A
+lower rate's faults are a subset of a higher rate's (nesting).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import numpy as np
 from qfi_cli.faults.bits import resolve_bits
 from qfi_cli.faults.sampler import NestedBitSampler, stream_key
 from qfi_cli.faults.selection import n_exposed
-from qfi_cli.faults.sources.base import (NO_ENTRIES, TRAIN, WEIGHTS, At, Draw, FaultSource, Level, NpMasks,
-                                         check_rate, drawn, register_fault_model)
+from qfi_cli.faults.sources.base import (NO_ENTRIES, TRAIN, WEIGHT_PART, WEIGHTS, At, Draw, FaultSource, Level,
+                                         NpMasks, check_rate, drawn, part_key, register_fault_model)
 from qfi_cli.typed import require
 
 
@@ -52,8 +54,8 @@ class RateDraw(Draw):
     def __init__(self, injector: Any, mode: str) -> None:
         self.injector, self.mode = injector, mode
         self._samplers: dict[tuple, NestedBitSampler] = {}
-        self._split: dict[tuple, dict[str, np.ndarray]] = {}  # (trial, draw, ber) -> layer -> its weight bits
-        self._layout: tuple[list[str], np.ndarray] | None = None
+        self._split: dict[tuple, dict[str, np.ndarray]] = {}  # (part, trial, draw, ber) -> layer -> its bits
+        self._layout: dict[str, tuple[list[str], np.ndarray]] = {}
 
     def forget(self) -> None:
         self._samplers.clear()
@@ -71,34 +73,36 @@ class RateDraw(Draw):
                     n_bits, stream_key(self.injector.seed, at.trial, at.key, at.draw))
             positions = sampler.positions(self.injector.ber)
         else:
-            positions = self._weight_positions(at.trial, at.draw)[at.name]
+            positions = self._part_positions(at.part, at.trial, at.draw)[at.name]
         return drawn(self.mode, positions, at.bits, chosen)
 
-    def _weight_layout(self) -> tuple[list[str], np.ndarray]:
-        """The selected layers' exposed weight bits laid end to end, in layer order: (names, offsets), layer
-        ``i`` owning the bits ``offsets[i] <= b < offsets[i + 1]`` of the trial's one weight stream."""
-        if self._layout is None:
+    def _part_layout(self, part: str) -> tuple[list[str], np.ndarray]:
+        """The selected layers' exposed bits of stored ``part`` laid end to end, in layer order: (names, offsets),
+        layer ``i`` owning the bits ``offsets[i] <= b < offsets[i + 1]`` of the trial's one stream of that part."""
+        if part not in self._layout:
             bits = self.injector.config.bits
-            sizes = [n_exposed(m.weight.numel(), m.wbits, resolve_bits(bits, m.wbits, "fault.bits"))
-                     for _, m in self.injector.layers]
-            self._layout = ([n for n, _ in self.injector.layers],
-                            np.concatenate(([0], np.cumsum(sizes, dtype=np.int64))))
-        return self._layout
+            layers = self.injector.part_sizes(part)
+            sizes = [n_exposed(n, width, resolve_bits(bits, width, "fault.bits")) for _, n, width in layers]
+            self._layout[part] = ([name for name, _, _ in layers],
+                                  np.concatenate(([0], np.cumsum(sizes, dtype=np.int64))))
+        return self._layout[part]
 
-    def _weight_positions(self, trial: int, draw: int) -> dict[str, np.ndarray]:
-        """Every selected layer's faulty weight bits at the current rate (positions within the layer): one stream
-        per (seed, trial or step, draw), each bit faulty with probability exactly ``ber``, nested across rates."""
+    def _part_positions(self, part: str, trial: int, draw: int) -> dict[str, np.ndarray]:
+        """Every selected layer's faulty bits of stored ``part`` at the current rate (positions within the layer's
+        part): one stream per (seed, trial or step, part, draw), each bit faulty with probability exactly ``ber``,
+        nested across rates."""
         inj = self.injector
-        hit = self._split.get((trial, draw, inj.ber))
+        hit = self._split.get((part, trial, draw, inj.ber))
         if hit is None:
-            names, offsets = self._weight_layout()
-            key = WEIGHTS + (TRAIN if inj.training_step is not None else "")
+            names, offsets = self._part_layout(part)
+            key = WEIGHTS if part == WEIGHT_PART else part_key(part)
+            key += TRAIN if inj.training_step is not None else ""
             sampler = self._samplers.get((trial, key, draw))
             if sampler is None:
                 sampler = self._samplers[(trial, key, draw)] = NestedBitSampler(
                     int(offsets[-1]), stream_key(inj.seed, trial, key, draw))
             pos = sampler.positions(inj.ber)
             cuts = np.searchsorted(pos, offsets).tolist()
-            hit = self._split[(trial, draw, inj.ber)] = {
+            hit = self._split[(part, trial, draw, inj.ber)] = {
                 name: pos[cuts[i]:cuts[i + 1]] - offsets[i] for i, name in enumerate(names)}
         return hit
