@@ -41,6 +41,7 @@ from qfi_cli.faults.selection import allowed_mask, select_layers
 from qfi_cli.faults.sources.base import ACT, TRAIN, At, NpMasks
 from qfi_cli.quant.encoding import Encoding
 from qfi_cli.quant.layers import QuantizedLayerMixin, quantized_layers
+from qfi_cli.quant.torch_ao import check_fault_modes
 
 _POPCOUNT8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 _POPCOUNT8_ON: dict[torch.device, torch.Tensor] = {}
@@ -109,6 +110,7 @@ class FaultInjector:
         everything = quantized_layers(model)
         self.layers = select_layers(everything, self.config.layers, self.config.protect)
         self._allowed_cache: dict[tuple[str, int], int] = {}
+        check_fault_modes(self.layers, self.config)  # torch.ao layers: per-trial weight faults in evaluation
         self.source = self.config.source.bind(self, everything)  # draws the faults (``faults.sources``)
         self._hook = None
         self.attached = False
@@ -206,7 +208,7 @@ class FaultInjector:
         the faulty bits of a lower rate are a subset of a higher rate's.
         """
         self.set_trial(trial, ber, count)
-        undo: list[tuple] = []
+        undo: list[tuple] = []  # (layer, (target, index, old))
         try:
             if self._targets_weights and self.config.persistence == "trial" and self.active(training=False):
                 for name, m in self.layers:
@@ -214,11 +216,13 @@ class FaultInjector:
                         written = self._fault_entries(name, self._frozen_target(name, m), m.frozen_encoding,
                                                       m.wbits, False)
                         if written is not None:
-                            undo.append(written)
+                            undo.append((m, written))
+                            m.commit_frozen()  # a torch.ao layer repacks the codes written (only those touched)
             yield
         finally:
-            for target, index, old in reversed(undo):
+            for m, (target, index, old) in reversed(undo):
                 target[index] = old
+                m.restore_frozen()
 
     def _frozen_target(self, name: str, layer: QuantizedLayerMixin) -> torch.Tensor | np.ndarray:
         """What a trial writes layer ``name``'s faults into: its frozen weight, flattened, as ``writable`` gives it

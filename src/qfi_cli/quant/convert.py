@@ -12,6 +12,7 @@ from torch import nn
 
 from qfi_cli.quant.layers import QUANTIZED_TYPES, quantized_layers
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits
+from qfi_cli.quant.torch_ao import AO_LABEL, is_torch_ao
 
 
 def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abits: int = 8,
@@ -153,7 +154,8 @@ def stored_record(model: nn.Module, wbits: int) -> dict:
     {'widths': {'0': 8, '1': 4, '2': 8}, 'wbits_label': 'w4 (first/last 8)', 'bits_all_wbits': 160}
     """
     widths = stored_widths(model)
-    return {"widths": widths, "wbits_label": widths_label(widths, wbits), "bits_all_wbits": bits_all_at(model, wbits)}
+    label = AO_LABEL if is_torch_ao(model) else widths_label(widths, wbits)  # torch.ao stores int8 codes
+    return {"widths": widths, "wbits_label": label, "bits_all_wbits": bits_all_at(model, wbits)}
 
 
 def bits_all_at(model: nn.Module, wbits: int) -> int:
