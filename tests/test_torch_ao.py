@@ -126,3 +126,42 @@ def test_stored_record_and_detection() -> None:
 def test_per_forward_modes_are_refused() -> None:
     with pytest.raises(QfiError, match="torch.ao"):
         FaultInjector(eager_int8(), FaultConfig(ber=0.01, persistence="forward"))
+
+
+def digits_int8() -> nn.Module:
+    """A ``model._target_`` that returns a torch.ao int8 model for the 8x8 digits (10 classes)."""
+    return eager_int8(seed=0)
+
+
+AO_TARGET = "model._target_=tests.test_torch_ao.digits_int8"
+
+
+def test_inject_eval_cli_on_a_torch_ao_target(in_tmp) -> None:
+    from typer.testing import CliRunner
+
+    from qfi_cli.cli import app
+
+    run = in_tmp / "ao"
+    args = ["inject-eval", "--out", str(run), "--ber", "0.01", "--trials", "3", AO_TARGET, "data=digits",
+            "eval.limit=64", "device=cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import json
+
+    res = json.loads((run / "results.json").read_text())
+    n_weights = 4 * 1 * 3 * 3 + 10 * 4 * 64  # conv 4x1x3x3, fc 10x256: every stored int8 weight, 8 bits each
+    assert res["bits_total"] == 8 * n_weights and res["bits_model"] == 8 * n_weights
+    assert res["wbits_label"] == AO_LABEL and res["quantizer"] == "torch.ao" and res["checkpoint"] is None
+    assert res["trials"] == 3 and len(res["flips"]) == 3 and res["samples"] == 64
+
+
+def test_train_refuses_a_torch_ao_model(in_tmp) -> None:
+    from typer.testing import CliRunner
+
+    from qfi_cli.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--out", str(in_tmp / "t"), AO_TARGET, "data=digits", "device=cpu",
+                                      "train.epochs=1"])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not trainable" in lines[0], result.output
