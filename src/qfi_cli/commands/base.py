@@ -220,11 +220,17 @@ def sweep_model(cfg: "RunConfig", sweep_dir: Path, reporter: Reporter) -> Path:
     return model_dir / MODEL
 
 
-def model_for(job: Job) -> tuple[Path, dict[str, Any]]:
-    """(checkpoint, expectations): the sweep's own model for ``sweep --train`` (nothing to expect), else the
-    chosen checkpoint, which must agree with the model settings the user gave."""
+def model_for(job: Job) -> tuple[Path | None, dict[str, Any]]:
+    """(checkpoint, expectations): the sweep's own model for ``sweep --train`` (nothing to expect), None for
+    inject-eval of a torch.ao int8 ``model._target_`` without ``--checkpoint``, else the chosen checkpoint, which
+    must agree with the model settings the user gave."""
     if job.multirun and job.cfg.sweep_train:
         return sweep_model(job.cfg, job.sweep_dir, job.reporter), {}
+    if job.cfg.command == "inject_eval" and not job.cfg.checkpoint:
+        from qfi_cli.engine.evaluate import torch_ao_model
+
+        if torch_ao_model(job.cfg) is not None:  # a torch.ao int8 model is evaluated as its _target_ returns it
+            return None, {}
     return checkpoint_path(job.cfg), expected(job)
 
 

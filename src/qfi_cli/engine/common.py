@@ -14,7 +14,7 @@ from qfi_cli.data import InMemoryDataset, load_dataset, load_user_data
 from qfi_cli.errors import QfiError, first_line
 from qfi_cli.models import build_model, build_user_model, input_size, load_float_weights, model_label
 from qfi_cli.user_code import TARGET
-from qfi_cli.quant import quantize_model
+from qfi_cli.quant import is_torch_ao, quantize_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,6 +65,9 @@ def build_float_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset, in
                             **{k: v for k, v in spec.items() if k not in ("name", "init")})
         needs = input_size(spec["name"])
     if init and spec.get("init") is not None:
+        if is_torch_ao(model):
+            raise QfiError(f"model {label} is a torch.ao int8 model: model.init loads float weights, so load its "
+                           "float weights inside the _target_ before prepare/convert (see the README)")
         load_float_weights(model, spec["init"])
     x = next(data.batches("test", 1))[0]
     try:  # the float model, in eval mode: no quantizer initialises on this sample, no statistic moves
@@ -83,10 +86,13 @@ def build_float_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset, in
 
 def build_quantized_model(cfg: RunConfig | dict[str, Any], data: InMemoryDataset, init: bool = True) -> nn.Module:
     """The quantized model that ``cfg.model`` and ``cfg.quant`` describe, for ``data``'s shapes: the float model
-    (:func:`build_float_model`) with every layer of ``QUANTIZED_TYPES`` quantized. ``init=False`` skips
+    (:func:`build_float_model`) with every layer of ``QUANTIZED_TYPES`` quantized (a model torch.ao converted
+    already is returned as it is). ``init=False`` skips
     ``model.init`` (a checkpoint's own weights replace them anyway)."""
     cfg = RunConfig.from_dict(cfg)
     model = build_float_model(cfg, data, init)
+    if is_torch_ao(model):  # converted by torch.ao already: its int8 weights are evaluated as they are
+        return model
     q = cfg.quant
     model = quantize_model(model, q.quantizer, wbits=q.wbits, abits=q.abits, per_channel=q.per_channel,
                            first_last_bits=q.first_last_bits,

@@ -20,16 +20,17 @@ import torch
 
 from qfi_cli.config import DataConfig, RunConfig
 from qfi_cli.data import InMemoryDataset
-from qfi_cli.engine.common import build_quantized_model, load_data, predict_correct, resolve_device
+from qfi_cli.engine.common import (build_float_model, build_quantized_model, load_data, predict_correct,
+                                   resolve_device)
 from qfi_cli.engine.prefix import PrefixReuse, writes_in_place
 from qfi_cli.errors import QfiError, first_line
 from qfi_cli.faults import FaultInjector
 from qfi_cli.io import load_checkpoint
 from qfi_cli.models import model_label
 from qfi_cli.progress import Reporter
-from qfi_cli.quant import frozen_weights, stored_record, weight_bits_total
+from qfi_cli.quant import frozen_weights, is_torch_ao, stored_record, weight_bits_total
 from qfi_cli.stats import METHOD, SEQUENTIAL_METHOD, PrecisionRule, describe_ci, mean_ci
-from qfi_cli.user_code import Trust
+from qfi_cli.user_code import TARGET, Trust
 
 
 def mean_ci95(values: list[float], sequential: bool = False) -> tuple[float, float, list[float] | None]:
@@ -95,6 +96,39 @@ def load_trained(checkpoint: str | Path, device: torch.device, data_root: str | 
     except (KeyError, TypeError, RuntimeError) as e:
         raise QfiError(f"checkpoint {checkpoint} does not match its model config: {first_line(e, 200)}") from None
     return model.eval(), data, ckpt
+
+
+@lru_cache(maxsize=2)
+def _torch_ao_built(model_spec: str, data_spec: str, root: str | None) -> torch.nn.Module | None:
+    cfg = RunConfig.from_dict({"model": json.loads(model_spec), "data": json.loads(data_spec)})
+    model = build_float_model(cfg, _cached_dataset(data_spec, root, "cpu"), init=False)
+    return model.eval() if is_torch_ao(model) else None
+
+
+def torch_ao_model(cfg: RunConfig) -> torch.nn.Module | None:
+    """The torch.ao int8 model that ``cfg.model._target_`` returns (built once per process, on the CPU: torch.ao
+    kernels are CPU kernels), or None when ``cfg.model`` builds anything else. Trials restore it bit for bit, so
+    the points of a sweep share it."""
+    if TARGET not in cfg.model:
+        return None
+    if str(cfg.device).startswith("cuda"):
+        raise QfiError("a torch.ao int8 model runs on the CPU: use device=cpu or device=auto")
+    if cfg.model.get("init") is not None:  # build_float_model's message
+        build_float_model(cfg, _cached_dataset(json.dumps(cfg.data.as_dict(), sort_keys=True), cfg.data.root, "cpu"))
+    return _torch_ao_built(json.dumps(cfg.model, sort_keys=True), json.dumps(cfg.data.as_dict(), sort_keys=True),
+                           cfg.data.root)
+
+
+def load_torch_ao(cfg: RunConfig) -> tuple[torch.nn.Module, InMemoryDataset, dict[str, Any]]:
+    """``load_trained``'s answer for a torch.ao int8 model (no checkpoint): its own config, quantizer ``torch.ao``."""
+    model = torch_ao_model(cfg)
+    if model is None:
+        raise QfiError(f"model {model_label(cfg.model)} is not a torch.ao int8 model: pass a --checkpoint that "
+                       "qfi train wrote")
+    plain = cfg.as_dict()
+    plain["quant"] = plain["quant"] | {"name": "torch.ao", "wbits": 8}
+    data = _cached_dataset(json.dumps(cfg.data.as_dict(), sort_keys=True), cfg.data.root, "cpu")
+    return model, data, {"config": plain, "metrics": {}}
 
 
 def rates(cfg: RunConfig) -> list[tuple[float | None, int | None]]:
@@ -217,7 +251,7 @@ def result_record(cfg: RunConfig, stats: TrialStats, injector: FaultInjector, mo
         **stored_record(model, saved["quant"]["wbits"]),
         "nan_trials": stats.nan_trials, "nonfinite_predictions": stats.nonfinite,
         "fault": fault.as_dict() | {"ber": ber, "count": fault.count if count is None else count},
-        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
         "model": model_label(saved["model"]), "dataset": saved["data"]["name"],
         "recipe": saved.get("recipe"), "wbits": saved["quant"]["wbits"],
         "quantizer": saved["quant"]["name"], "rho": saved["sam"]["rho"],
@@ -227,7 +261,7 @@ def result_record(cfg: RunConfig, stats: TrialStats, injector: FaultInjector, mo
     }
 
 
-def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporter: Reporter | None = None,
+def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path | None, reporter: Reporter | None = None,
                 expect: dict[str, Any] | None = None,
                 on_result: Callable[[dict[str, Any]], None] | None = None,
                 save_faults: str | Path | None = None) -> list[dict[str, Any]]:
@@ -238,7 +272,8 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     layer), so two models or two rates are compared on nested, identical faults. ``on_result`` receives each
     rate's result as soon as it is complete (a sweep writes it then: an interrupted job keeps finished rates).
     ``save_faults``: write every trial's faulty bits there (``qfi_cli.faults.replay``; ``fault=replay`` applies
-    them again; its trials are the file's). Example::
+    them again; its trials are the file's). ``checkpoint`` None: the torch.ao int8 model ``model._target_``
+    returns (``torch_ao_model``). Example::
 
         [res] = inject_eval(cfg, "runs/w4/model.pt")   # res["accuracy_mean"], res["accuracies"], ...
     """
@@ -249,8 +284,12 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
     if save_faults is not None:
         cfg.fault.check_recordable()
     fault, trials, levels, fault_seed = cfg.fault, cfg.eval.most_trials(), rates(cfg), cfg.eval.fault_seed
-    device = resolve_device(cfg.device)
-    model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
+    if checkpoint is None:  # a torch.ao int8 model, as its _target_ returns it
+        device = torch.device("cpu")
+        model, data, ckpt = load_torch_ao(cfg)
+    else:
+        device = resolve_device(cfg.device)
+        model, data, ckpt = load_trained(checkpoint, device, cfg.data.root, expect, cfg.trust())
     batch_size, limit = cfg.eval.batch_size, cfg.eval.limit
     results = []
     with FaultInjector(model, fault, seed=fault_seed) as injector:
@@ -263,7 +302,7 @@ def inject_eval(cfg: RunConfig | dict[str, Any], checkpoint: str | Path, reporte
             from qfi_cli.faults.replay import FaultRecorder
 
             recorder = FaultRecorder(model, levels, trials, fault_seed=fault_seed, fault=fault.as_dict(),
-                                     checkpoint=str(Path(checkpoint).resolve()),
+                                     checkpoint=None if checkpoint is None else str(Path(checkpoint).resolve()),
                                      model_name=model_label(ckpt["config"]["model"]))
             injector.recorder = recorder.add
         with frozen_weights(model) if fault.persistence == "trial" else nullcontext():

@@ -38,10 +38,11 @@ from qfi_cli.faults.search import Masks, adversarial_flips, flipped
 from qfi_cli.io import load_checkpoint, save_checkpoint, write_json
 from qfi_cli.layout import LAST_CHECKPOINT, METRICS, MODEL
 from qfi_cli.loggers import make_logger, scalars
+from qfi_cli.models import model_label
 from qfi_cli.optim import SAM
 from qfi_cli.optim.sam import frozen_bn_stats
 from qfi_cli.progress import Reporter
-from qfi_cli.quant import calibrate, quantized_layers, stored_record
+from qfi_cli.quant import calibrate, is_torch_ao, quantized_layers, stored_record
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +347,9 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
     seed_everything(cfg.seed)
     data = load_data(cfg.data, device)
     model = build_quantized_model(cfg, data, init=not resume).to(device)
+    if is_torch_ao(model):
+        raise QfiError(f"model {model_label(cfg.model)} is a torch.ao int8 model: torch.ao int8 modules are not "
+                       "trainable (evaluate it with qfi inject-eval, no checkpoint needed)")
     calibrate(model, next(data.batches("train", tcfg.batch_size, limit=tcfg.limit))[0])
     base = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
                            nesterov=tcfg.nesterov)

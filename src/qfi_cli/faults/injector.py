@@ -46,6 +46,7 @@ from qfi_cli.faults.selection import allowed_mask, select_layers
 from qfi_cli.faults.sources.base import ACT, TRAIN, WEIGHT_PART, At, NpMasks, part_key
 from qfi_cli.quant.encoding import Encoding
 from qfi_cli.quant.layers import QuantizedLayerMixin, quantized_layers
+from qfi_cli.quant.torch_ao import check_fault_modes
 
 _POPCOUNT8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 _POPCOUNT8_ON: dict[torch.device, torch.Tensor] = {}
@@ -116,6 +117,7 @@ class FaultInjector:
         self._allowed_cache: dict[tuple[str, int], int] = {}
         self.parts: tuple[str, ...] = self.config.parts  # the stored parts that take faults (faults.parts)
         self._sizes: dict[str, list[tuple[str, int, int]]] = {}
+        check_fault_modes(self.layers, self.config)  # torch.ao layers: per-trial weight faults in evaluation
         self.source = self.config.source.bind(self, everything)  # draws the faults (``faults.sources``)
         self._hook = None
         self.attached = False
@@ -213,15 +215,16 @@ class FaultInjector:
         the faulty bits of a lower rate are a subset of a higher rate's.
         """
         self.set_trial(trial, ber, count)
-        undo: list[tuple] = []
+        undo: list[tuple] = []  # (layer, (target, index, old))
         try:
             if self.parts and self.config.persistence == "trial" and self.active(training=False):
                 for name, m in self.layers:
                     self._write_parts(name, m, undo)
             yield
         finally:
-            for target, index, old in reversed(undo):
+            for m, (target, index, old) in reversed(undo):
                 target[index] = old
+                m.restore_frozen()
 
     def _write_parts(self, name: str, layer: QuantizedLayerMixin, undo: list[tuple]) -> None:
         """Write this trial's faults of every selected stored part of one layer in place (weight codes first; then
@@ -238,15 +241,17 @@ class FaultInjector:
             if written is None:
                 continue
             if part.direct:
-                undo.append(written)
+                undo.append((layer, written))
             else:
                 target, index, _ = written
                 index = index.cpu().numpy() if isinstance(index, torch.Tensor) else index
                 faulty = part.faulty(layer.frozen_encoding if faulty is None else faulty, target, index)
                 governed.append(part.governs(layer.frozen_encoding, index, layer.frozen_weight.numel()))
         if faulty is not None:
-            undo.append(redecode(self._frozen_target(name, layer), layer.frozen_encoding, faulty,
-                                 np.concatenate(governed)))
+            undo.append((layer, redecode(self._frozen_target(name, layer), layer.frozen_encoding, faulty,
+                                         np.concatenate(governed))))
+        if undo and undo[-1][0] is layer:
+            layer.commit_frozen()  # a torch.ao layer repacks the codes written (only those touched)
 
     def _width(self, part: StoredPart, layer: QuantizedLayerMixin) -> int:
         return part.size(layer, self.config)[1]

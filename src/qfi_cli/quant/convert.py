@@ -12,6 +12,7 @@ from torch import nn
 
 from qfi_cli.quant.layers import QUANTIZED_TYPES, quantized_layers
 from qfi_cli.quant.quantizers import QUANTIZERS, check_bits, weight_groups
+from qfi_cli.quant.torch_ao import AO_LABEL, is_torch_ao
 
 
 def quantize_model(model: nn.Module, quantizer: str = "lsq", wbits: int = 8, abits: int = 8,
@@ -158,7 +159,8 @@ def stored_record(model: nn.Module, wbits: int) -> dict:
     """
     widths = stored_widths(model)
     groups = weight_group_entries(model)
-    return {"widths": widths, "wbits_label": widths_label(widths, wbits), "bits_all_wbits": bits_all_at(model, wbits),
+    label = AO_LABEL if is_torch_ao(model) else widths_label(widths, wbits)  # torch.ao stores int8 codes
+    return {"widths": widths, "wbits_label": label, "bits_all_wbits": bits_all_at(model, wbits),
             **({"groups": groups} if groups else {})}
 
 
@@ -170,7 +172,8 @@ def weight_group_entries(model: nn.Module) -> dict[str, int]:
     >>> weight_group_entries(m), weight_group_entries(quantize_model(nn.Sequential(nn.Linear(4, 2))))
     ({'0': 32, '1': 8}, {})
     """
-    sizes = {name: m.quan_w_fn.group_size for name, m in quantized_layers(model)}
+    sizes = {name: getattr(getattr(m, "quan_w_fn", None), "group_size", None)  # torch.ao layers: none
+             for name, m in quantized_layers(model)}
     return {name: weight_groups(tuple(m.weight.shape), sizes[name])[2] for name, m in quantized_layers(model)
             if sizes[name] is not None and m.weight.dim() > 1 and m.wbits < 32}
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from qfi_cli.quant.encoding import Encoding, Quantized
+from qfi_cli.quant.torch_ao import AoLayer, ao_layer
 
 FaultHook = Callable[[torch.Tensor, Encoding], torch.Tensor]
 QuantizedHook = Callable[[nn.Module, torch.Tensor], None]
@@ -50,6 +51,13 @@ class WeightQuantMixin:
     def quantize_weight_clean(self) -> Quantized:
         """Q(w) and its encoding, without faults (no hook sees it)."""
         return self.quan_w_fn.quantize(self.weight, self.wbits)
+
+    def commit_frozen(self) -> None:
+        """After a trial wrote into ``frozen_weight``: nothing to do, the forward computes with it (a torch.ao
+        layer repacks, see ``quant.torch_ao``)."""
+
+    def restore_frozen(self) -> None:
+        """After a trial's writes into ``frozen_weight`` were undone: nothing to do (a torch.ao layer repacks)."""
 
     def register_quantized_hook(self, hook: QuantizedHook) -> RemovableHandle:
         """``hook(layer, w_q)`` sees the clean Q(w) of every forward that quantizes (not a frozen weight), before
@@ -218,13 +226,19 @@ class QuanLinear(QuantizedLayerMixin, nn.Linear):
         return F.linear(self.quantize_input(x), self.quantize_weight(), self.bias)
 
 
-def quantized_layers(model: nn.Module) -> list[tuple[str, QuantizedLayerMixin]]:
-    """The (name, module) pairs of every quantized layer, in module order.
+def quantized_layers(model: nn.Module) -> list[tuple[str, QuantizedLayerMixin | AoLayer]]:
+    """The (name, layer) pairs of every quantized layer, in module order: qfi's own layers, and the stored weights
+    of torch.ao quantized modules (``quant.torch_ao.AoLayer``).
 
     >>> quantized_layers(nn.Sequential(nn.Linear(2, 2)))
     []
     """
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantizedLayerMixin)]
+    found = []
+    for name, m in model.named_modules():
+        layer = m if isinstance(m, QuantizedLayerMixin) else ao_layer(m)
+        if layer is not None:
+            found.append((name, layer))
+    return found
 
 
 @contextmanager
