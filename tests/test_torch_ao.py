@@ -165,3 +165,21 @@ def test_train_refuses_a_torch_ao_model(in_tmp) -> None:
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "not trainable" in lines[0], result.output
+
+
+def test_torchvision_int8_exposes_every_conv_and_linear_weight() -> None:
+    """``qfi_cli.models.torch_ao.torchvision_int8``: every Conv2d / Linear of torchvision's ResNet-18 becomes a
+    torch.ao module whose int8 weight the injector exposes (20 convs and fc: 8 bits per weight)."""
+    import torchvision
+
+    from qfi_cli.models.torch_ao import torchvision_int8
+
+    net = torchvision_int8("resnet18", num_classes=10, in_channels=1, side=8, calib_batches=1)
+    ref = torchvision.models.resnet18(num_classes=10)
+    ref.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    weights = [m.weight.numel() for m in ref.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert is_torch_ao(net) and len(quantized_layers(net)) == len(weights) == 21
+    with frozen_weights(net), FaultInjector(net, FaultConfig(ber=1e-3), seed=0) as inj:
+        assert inj.exposed_bits() == 8 * sum(weights)
+    with pytest.raises(QfiError, match="no classification model"):
+        torchvision_int8("no_such_net")

@@ -28,7 +28,7 @@ from qfi_cli.faults import FaultInjector
 from qfi_cli.io import load_checkpoint
 from qfi_cli.models import model_label
 from qfi_cli.progress import Reporter
-from qfi_cli.quant import frozen_weights, is_torch_ao, stored_record, weight_bits_total
+from qfi_cli.quant import AO_QUANTIZER, frozen_weights, is_torch_ao, stored_record, weight_bits_total
 from qfi_cli.stats import METHOD, SEQUENTIAL_METHOD, PrecisionRule, describe_ci, mean_ci
 from qfi_cli.user_code import TARGET, Trust
 
@@ -126,7 +126,7 @@ def load_torch_ao(cfg: RunConfig) -> tuple[torch.nn.Module, InMemoryDataset, dic
         raise QfiError(f"model {model_label(cfg.model)} is not a torch.ao int8 model: pass a --checkpoint that "
                        "qfi train wrote")
     plain = cfg.as_dict()
-    plain["quant"] = plain["quant"] | {"name": "torch.ao", "wbits": 8}
+    plain["quant"] = plain["quant"] | {"name": AO_QUANTIZER, "wbits": 8}
     data = _cached_dataset(json.dumps(cfg.data.as_dict(), sort_keys=True), cfg.data.root, "cpu")
     return model, data, {"config": plain, "metrics": {}}
 
@@ -254,7 +254,8 @@ def result_record(cfg: RunConfig, stats: TrialStats, injector: FaultInjector, mo
         "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
         "model": model_label(saved["model"]), "dataset": saved["data"]["name"],
         "recipe": saved.get("recipe"), "wbits": saved["quant"]["wbits"],
-        "quantizer": saved["quant"]["name"], "rho": saved["sam"]["rho"],
+        "quantizer": saved["quant"]["name"],
+        "rho": None if saved["quant"]["name"] == AO_QUANTIZER else saved["sam"]["rho"],  # qfi did not train it
         "train_metrics": ckpt.get("metrics") or {},
         "samples": int(clean_correct.numel()), "device": str(device),
         "seconds": round(seconds, 3),

@@ -32,6 +32,7 @@ from qfi_cli.errors import QfiError
 from qfi_cli.quant.encoding import Encoding, Quantized
 
 AO_LABEL = "int8 (torch.ao)"  # the stored widths label of a torch.ao model
+AO_QUANTIZER = "torch.ao"  # the quantizer name its results carry
 _AO_PACKAGES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized",
                 "torch.nn.intrinsic.quantized")
 
@@ -139,4 +140,4 @@ def check_fault_modes(layers: list, config: object) -> None:
                        "fault.target=weights fault.persistence=trial fault.enable_in_training=false")
 
 
-__all__ = ["AO_LABEL", "AoLayer", "ao_layer", "ao_uncovered", "check_fault_modes", "is_torch_ao"]
+__all__ = ["AO_LABEL", "AO_QUANTIZER", "AoLayer", "ao_layer", "ao_uncovered", "check_fault_modes", "is_torch_ao"]

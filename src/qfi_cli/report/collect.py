@@ -27,6 +27,7 @@ from qfi_cli.errors import QfiError
 from qfi_cli.io import read_json
 from qfi_cli.layout import MODELS_DIR, RESULTS
 from qfi_cli.quant.convert import widths_label
+from qfi_cli.quant.torch_ao import AO_QUANTIZER
 from qfi_cli.report.fields import Invalid, integer, is_number, number, one_line, show
 from qfi_cli.report.sections import result_names
 from qfi_cli.stats import describe_ci, mean_ci
@@ -262,6 +263,8 @@ def stored_label(res: dict[str, Any]) -> str | None:
     >>> stored_label({"wbits": 4, "widths": {"conv1": 8, "conv2": 4, "fc": 8}}), stored_label({"wbits": 4})
     ('w4 (first/last 8)', None)
     """
+    if res.get("quantizer") == AO_QUANTIZER and isinstance(res.get("wbits_label"), str):
+        return res["wbits_label"]  # torch.ao's own int8 codes
     widths = res.get("widths")
     if not isinstance(widths, dict) or not widths or not all(isinstance(v, int) for v in widths.values()):
         return None
