@@ -111,7 +111,7 @@ def measure(device: str = "cpu", suffix: str = "") -> tuple[list[dict], dict]:
         details[name] = {"batch": bs, "test_images": data.size("test"), "trials": TRIALS, "ber": BER,
                          "quantized_layers": n_layers, "seconds": {**bc.medians(times), **bc.medians(t2)}}
         rows.append(bc.at_most(f"2. inject-eval, {TRIALS} trials at ber 1e-3 vs {TRIALS} clean evals, {name}{suffix}",
-                               r_inject, 1.10))
+                               r_inject, 1.05))
         rows.append(bc.at_most(f"2. quantized eval (cached weights) vs float model (inference mode), {name}{suffix}",
                                r_quant, 1.15))
     return rows, details
