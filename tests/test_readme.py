@@ -14,6 +14,7 @@ example may need (``INPUTS``), and where it comes from:
   written in torchvision's formats by tests/test_data.py's writers (for ``data.root=~/data``).
 - ``mypkg``: the user's package in the working directory (``mypkg.nets.MyNet(hidden, num_classes, in_channels)``,
   ``mypkg.data.make(n)``; qfi searches the working directory last); ``float.pt``: a float state_dict of MyNet;
+  ``resnet18.pt``: a float state_dict of torchvision's ResNet-18 (10 classes, random weights: no download);
   ``chip.json``: the README's own profile map (its ```json block).
 - Made by the README's own examples, each run once per session in a sandbox of its own and copied in (``Made``):
   the latest model (``qfi train``: ``outputs/train/<time>/`` and ``outputs/latest_checkpoint.txt``) for a command
@@ -190,7 +191,7 @@ MADE: dict[str, tuple[str, bool, str]] = {
     "your model": ("qfi train model._target_=mypkg.nets.MyNet model.init=float.pt train.epochs=0", False,
                    "outputs/train"),
 }
-INPUTS = ("~/data", "mypkg", "float.pt", "chip.json", *MADE)
+INPUTS = ("~/data", "mypkg", "float.pt", "resnet18.pt", "chip.json", *MADE)
 
 
 def needs(example: str) -> list[str]:
@@ -207,6 +208,7 @@ def needs(example: str) -> list[str]:
         "~/data": "=~/data" in line,
         "mypkg": "mypkg." in line or "<time>" in line,
         "float.pt": "model.init=float.pt" in args,
+        "resnet18.pt": "model.init=resnet18.pt" in args,
         "chip.json": "fault.file=chip.json" in args,
         "latest model": command != "train" and "--checkpoint" not in args and "--train" not in args,
         "runs/w4": "runs/w4/model.pt" in args,
@@ -304,6 +306,11 @@ class Sandbox:
                 exec(NETS, nets)  # the user's float model, without importing mypkg into this process
                 torch.manual_seed(0)
                 torch.save(nets["MyNet"]().state_dict(), self.work / "float.pt")
+            elif name == "resnet18.pt":  # torchvision's ResNet-18 for 10 classes, random float weights
+                import torchvision
+
+                torch.manual_seed(0)
+                torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), self.work / "resnet18.pt")
             elif name == "chip.json":
                 (self.work / "chip.json").write_text(json.dumps(readme_json(TEXT)))
             else:

@@ -209,7 +209,9 @@ class EvalConfig:
     directory), and the adaptive rule that replaces ``trials`` when ``precision`` is set: each rate runs
     ``min_trials`` to ``max_trials`` trials until its 95% interval (a confidence sequence) is within +-precision
     (``qfi_cli.stats.PrecisionRule``). ``prefix_reuse``: a trial's forwards recompute only what its faulty layers
-    feed (``qfi_cli.engine.prefix``; bit-identical results)."""
+    feed (``qfi_cli.engine.prefix``; bit-identical results). ``calib``: how many training batches calibrate the
+    data-dependent quantizers (one forward over them all) before training; with ``train.epochs=0`` (PTQ) that is
+    all the model sees of the training data."""
 
     trials: int = 10
     batch_size: int = 1000
@@ -221,8 +223,10 @@ class EvalConfig:
     min_trials: int = 10
     max_trials: int = 1000
     prefix_reuse: bool = True
+    calib: int = 1
 
     def validated(self) -> "EvalConfig":
+        require(self.calib >= 1, f"eval.calib (calibration batches) must be >= 1, got {self.calib}")
         require(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
         require(self.precision is None or 0 < self.precision < 0.5,
                 f"eval.precision must lie in (0, 0.5) (0.01: the mean accuracy to +-1 point) or be null, "

@@ -18,6 +18,7 @@ parameter into ``[-w_max, w_max]`` before each step's forward (and once after th
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -325,6 +326,17 @@ def _write_outputs(out_dir: Path, cfg: RunConfig, model: torch.nn.Module, metric
     tracker.log_artifact(out_dir / METRICS)
 
 
+def calibration_images(data: Any, batch_size: int, batches: int, limit: int | None = None) -> torch.Tensor:
+    """The first ``batches`` training batches (in order, unaugmented) as one tensor: what ``calibrate`` sees
+    (``eval.calib``; 1 is the first batch alone).
+
+    >>> from qfi_cli.data import load_dataset
+    >>> calibration_images(load_dataset("digits"), 128, 3).shape
+    torch.Size([384, 1, 8, 8])
+    """
+    return torch.cat([x for x, _ in itertools.islice(data.batches("train", batch_size, limit=limit), batches)])
+
+
 def train(cfg: RunConfig | dict[str, Any], out_dir: str | Path, reporter: Reporter | None = None,
           resume: bool = False) -> dict[str, Any]:
     """Train the quantized model that ``cfg`` describes; write ``model.pt`` and ``metrics.json`` to ``out_dir``.
@@ -350,7 +362,7 @@ fine-tunes it (QAT); ``train.epochs=0`` is post-training quantization (PTQ): cal
     if is_torch_ao(model):
         raise QfiError(f"model {model_label(cfg.model)} is a torch.ao int8 model: torch.ao int8 modules are not "
                        "trainable (evaluate it with qfi inject-eval, no checkpoint needed)")
-    calibrate(model, next(data.batches("train", tcfg.batch_size, limit=tcfg.limit))[0])
+    calibrate(model, calibration_images(data, tcfg.batch_size, cfg.eval.calib, tcfg.limit))
     base = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
                            nesterov=tcfg.nesterov)
     scheduler = _scheduler(base, tcfg.schedule, epochs)
