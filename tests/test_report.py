@@ -29,7 +29,8 @@ from qfi_cli.report.tables import paired_rows
 from qfi_cli.stats import describe_ci, mean_ci, two_level_ci
 
 T975_DF2 = 4.302652729749464  # Student-t 97.5% quantile, 2 degrees of freedom (tables)
-RHO0, RHO5 = "quant.wbits=4 sam.rho=0.0", "quant.wbits=4 sam.rho=0.05"
+RHO0, RHO5 = "quant.wbits=4 sam.rho=0.0", "quant.wbits=4 sam.rho=0.05"  # table and CSV labels
+SHOWN0, SHOWN5 = "4-bit, no SAM (ρ=0)", "4-bit, SAM (ρ=0.05)"  # the same in figures (report.labels)
 CLEAN = {0.0: 0.95, 0.05: 0.96}
 # (rho, ber) -> per-trial accuracies
 ACCS = {
@@ -131,16 +132,16 @@ def test_ber_curve_content_skips_zero_and_failed(sweep: Path) -> None:
     fig = ber_figure(collect(sweep))
     (ax,) = fig.axes
     assert ax.get_xscale() == "log"
-    curves = [line for line in ax.lines if line.get_linestyle() == "-"]
+    curves = [line for line in ax.lines if line.get_gid() == "curve"]
     assert sorted(list(c.get_xdata()) for c in curves) == [[1e-4, 1e-3, 1e-2]] * 2  # no 0, no failed 0.1
     assert sorted(100 * v for v in CLEAN.values()) == pytest.approx(
-        sorted(line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"))
+        sorted(line.get_ydata()[0] for line in ax.lines if line.get_gid() == "clean"))
     assert len(ax.collections) == 2  # one CI band per configuration
     top = max(float(c.get_paths()[0].vertices[:, 1].max()) for c in ax.collections)
     # the band is the betting interval, inside [0, 100] % (a Student-t band reached 100.83 % here)
     assert top == pytest.approx(100 * max(mean_ci(accs)[1] for accs in ACCS.values() if len(set(accs)) > 1))
     assert top <= 100.0
-    assert {t.get_text() for t in fig.legends[0].get_texts()} >= {RHO0, RHO5}
+    assert {t.get_text() for t in fig.legends[0].get_texts()} >= {SHOWN0, SHOWN5}
     assert ax.get_xlabel() and ax.get_ylabel() and fig.get_suptitle()
 
 
@@ -189,7 +190,7 @@ def test_config_label_without_swept_keys(tmp_path: Path) -> None:
                                                    "rho": 0.05})
     (row,) = collect(tmp_path)
     assert config_label(row) == "digits_cnn w8 recipe=sam sam.rho=0.05"
-    assert {t.get_text() for t in ber_figure([row]).legends[0].get_texts()} >= {config_label(row)}
+    assert {t.get_text() for t in ber_figure([row]).legends[0].get_texts()} >= {"digits_cnn, 8-bit, SAM (ρ=0.05)"}
     assert config_label({"sam.rho": 0.05, "ber": 1e-3, "_model": "digits_cnn", "_wbits": 8}) == "sam.rho=0.05"
 
 
@@ -423,18 +424,19 @@ def test_pairs_match_training_seeds(study_dir: Path) -> None:
 def test_rerr_curve_aggregates_seeds_one_panel_per_width(study_dir: Path) -> None:
     rows = collect(study_dir)
     fig = rerr_figure(rows)
-    assert [ax.get_title() for ax in fig.axes] == ["quant.wbits=4", "quant.wbits=8"]
+    assert [ax.get_title() for ax in fig.axes] == ["4-bit", "8-bit"]
     for ax, wbits in zip(fig.axes, WBITS):
         assert ax.get_xscale() == "log"
-        curves = [line for line in ax.lines if line.get_linestyle() == "-"]
+        curves = [line for line in ax.lines if line.get_gid() == "curve"]
+        assert {line.get_linestyle() for line in curves} == {"-." if wbits == 4 else "-"}  # a style per width
         assert len(curves) == 2 and len(ax.collections) == 2  # one line and band per recipe, not per seed
         for line, recipe in zip(curves, RECIPES):
             assert list(line.get_xdata()) == list(BERS)
             assert list(line.get_ydata()) == pytest.approx(
                 [100 * statistics.mean(map(statistics.mean, _rerr_groups(recipe, wbits, b))) for b in BERS])
-    assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["recipe=normal", "recipe=sam"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["plain", "SAM (ρ=0.05)"]
     assert "robust error" in fig.axes[0].get_ylabel()
-    curves = [line for ax in ber_figure(rows).axes for line in ax.lines if line.get_linestyle() == "-"]
+    curves = [line for ax in ber_figure(rows).axes for line in ax.lines if line.get_gid() == "curve"]
     assert len(curves) == 4  # ber_curve.png too: 4 configurations, not 12 (configuration x seed)
 
 

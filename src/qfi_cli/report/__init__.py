@@ -51,7 +51,7 @@ from qfi_cli.report.attack import collect_attacks
 from qfi_cli.report.collect import (COLUMNS, RESULTS, collect, config_label, factors, pending_points,
                                     swept_keys)
 from qfi_cli.report.console import render_failures, render_paired, render_table
-from qfi_cli.report.plots import (ber_figure, curve_figure, plot_ber_curve,
+from qfi_cli.report.plots import (FigureOptions, ber_figure, curve_figure, plot_ber_curve, plot_curves,
                                   plot_rerr_curve, rerr_figure)
 from qfi_cli.report.sections import SECTIONS, Section, register_section, result_names
 from qfi_cli.report.study import Estimate, Pair, Study, build_study
@@ -62,10 +62,12 @@ from qfi_cli.report.tables import (PAIRED, PAIRED_COLUMNS, SUMMARY, TABLE_CSV, T
 SECTION_MODULES = (attack,)  # the report sections (report.sections), each registered by its module on import
 
 
-def aggregate(sweep_dir: str | Path, console: Console | None = None) -> list[dict[str, Any]]:
+def aggregate(sweep_dir: str | Path, console: Console | None = None,
+              figures: FigureOptions | None = None) -> list[dict[str, Any]]:
     """Report a sweep: write summary.csv, table.md, table.csv, paired.csv, ber_curve.png and rerr_curve.png
     into ``sweep_dir`` (and each report section's CSV, attacks.csv) and print the study, each section, the paired
-    differences and the failures.
+    differences and the failures. ``figures``: how the curves are drawn and which are written (``FigureOptions``;
+    default: both curves as PNG).
 
     Returns ``collect``'s rows, one per results.json, then each section's rows (``collect_attacks``: one per
     attack.json): those whose ``status`` is not "ok" (failed, invalid, unreadable) are the points that did not give
@@ -87,7 +89,7 @@ def aggregate(sweep_dir: str | Path, console: Console | None = None) -> list[dic
     written = [write_summary(root, rows)] if rows else []
     written += [*write_study_table(root, study, rows), write_paired(root, study.pairs)]
     if rows:
-        written += [plot_ber_curve(rows, root / BER_CURVE, study), plot_rerr_curve(rows, root / RERR_CURVE, study)]
+        written += plot_curves(rows, root, study, figures)  # ber_curve.png, rerr_curve.png by default
         render_table(rows, console, study)
     for s in sections:
         if found[s.name]:
@@ -119,7 +121,7 @@ def _summarize(root: Path, rows: list[dict[str, Any]], written: list[Path], cons
 __all__ = [
     "BER_CURVE", "COLUMNS", "Column", "Estimate", "PAIRED", "PAIRED_COLUMNS", "Pair", "RERR_CURVE", "RESULTS",
     "SECTIONS", "SECTION_MODULES", "SUMMARY", "Section", "Study", "TABLE_CSV", "TABLE_GROUPS", "TABLE_MD",
-    "aggregate", "ber_figure", "build_study", "collect", "collect_attacks", "config_label", "curve_figure", "factors",
-    "pending_points", "plot_ber_curve", "plot_rerr_curve", "register_section", "render_failures", "render_paired",
+    "FigureOptions", "aggregate", "ber_figure", "build_study", "collect", "collect_attacks", "config_label", "curve_figure", "factors",
+    "pending_points", "plot_ber_curve", "plot_curves", "plot_rerr_curve", "register_section", "render_failures", "render_paired",
     "render_table", "rerr_figure", "study_columns", "swept_keys", "write_paired", "write_study_table", "write_summary",
 ]
