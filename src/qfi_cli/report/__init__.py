@@ -121,7 +121,8 @@ def _summarize(root: Path, rows: list[dict[str, Any]], written: list[Path], cons
 __all__ = [
     "BER_CURVE", "COLUMNS", "Column", "Estimate", "PAIRED", "PAIRED_COLUMNS", "Pair", "RERR_CURVE", "RESULTS",
     "SECTIONS", "SECTION_MODULES", "SUMMARY", "Section", "Study", "TABLE_CSV", "TABLE_GROUPS", "TABLE_MD",
-    "FigureOptions", "aggregate", "ber_figure", "build_study", "collect", "collect_attacks", "config_label", "curve_figure", "factors",
-    "pending_points", "plot_ber_curve", "plot_curves", "plot_rerr_curve", "register_section", "render_failures", "render_paired",
+    "FigureOptions", "aggregate", "ber_figure", "build_study", "collect", "collect_attacks", "config_label",
+    "curve_figure", "factors", "pending_points", "plot_ber_curve", "plot_curves", "plot_rerr_curve",
+    "register_section", "render_failures", "render_paired",
     "render_table", "rerr_figure", "study_columns", "swept_keys", "write_paired", "write_study_table", "write_summary",
 ]
